@@ -1,0 +1,1 @@
+"""Database access: models, engine/session factory and migrations."""

@@ -1,0 +1,1 @@
+"""RabbitMQ topology and message conventions shared by publisher and consumers."""

@@ -1,0 +1,1 @@
+"""Logging, metrics, tracing and the small health/metrics HTTP server of workers."""

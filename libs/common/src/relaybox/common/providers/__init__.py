@@ -1,0 +1,1 @@
+"""Providers: one small class per external service behind one interface per channel."""

@@ -1,0 +1,50 @@
+"""The provider interface: send returns an accepted id or raises a typed error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from relaybox.common.errors import RelayboxError
+
+
+class ProviderError(RelayboxError):
+    """A provider refused or failed a send. `str()` never contains a secret."""
+
+
+class RetryableError(ProviderError):
+    """Try again later (429, 5xx, timeouts, connection errors, SMTP 4xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """Retrying cannot help (other 4xx, SMTP 5xx, invalid recipient)."""
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """An email ready for a provider; `id` is the stable idempotency key."""
+
+    id: str
+    to: str
+    from_: str
+    subject: str
+    text: str | None = None
+    html: str | None = None
+
+
+class EmailProvider(Protocol):
+    """Anything that can send an email."""
+
+    name: str
+
+    async def send(self, email: OutgoingEmail) -> str:
+        """Send once; return the provider's accepted id."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,81 @@
+"""Settings models shared by every service (each service composes them into its own class)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, PostgresDsn, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RELAYBOX_"
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL connection."""
+
+    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relaybox"
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        PostgresDsn(value.replace("+asyncpg", ""))  # validate the shape
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return value
+
+
+class BrokerSettings(BaseModel):
+    """RabbitMQ connection and topology."""
+
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    topology_prefix: str = Field(
+        default="", description="prefix of every exchange and queue name (tests, tenants)"
+    )
+    retry_delays_ms: list[int] = Field(
+        default=[5_000, 30_000, 120_000, 600_000],
+        min_length=1,
+        description="one retry tier (TTL queue) per delay",
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, description="redeliveries before a crashing message is dead-lettered"
+    )
+
+
+class LogSettings(BaseModel):
+    """Logging."""
+
+    level: str = "INFO"
+    json_format: bool = True
+
+
+class HttpServerSettings(BaseModel):
+    """The small /health, /ready, /metrics server of a worker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 disables the server")
+
+
+class SmtpSettings(BaseModel):
+    """An SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False
+    start_tls: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+    default_from: str = "relaybox@localhost"
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings class: `RELAYBOX_` prefix, `__` for nesting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", env_file=None
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    broker: BrokerSettings = BrokerSettings()
+    log: LogSettings = LogSettings()

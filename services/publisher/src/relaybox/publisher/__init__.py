@@ -1,0 +1,1 @@
+"""The outbox relay: publishes outbox rows to RabbitMQ, deletes them after the confirm."""

@@ -1,0 +1,263 @@
+"""The relay loop: claim with SKIP LOCKED, publish with confirms, delete what was confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relaybox.common.db.session import asyncpg_dsn, create_engine
+from relaybox.common.faults import failpoint
+from relaybox.common.messaging.broker import connect
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.outbox import NOTIFY_CHANNEL
+from relaybox.publisher import metrics
+from relaybox.publisher.settings import PublisherSettings
+
+log = logging.getLogger(__name__)
+
+CLAIM = text(
+    """
+    SELECT id, message_id, destination, routing_key, payload, headers, created_at, publish_attempts
+    FROM outbox
+    WHERE available_at <= now()
+    ORDER BY id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+DELETE = text("DELETE FROM outbox WHERE id = ANY(:ids)")
+POSTPONE = text(
+    """
+    UPDATE outbox
+    SET publish_attempts = publish_attempts + 1,
+        last_error = :error,
+        available_at = now() + make_interval(secs => :delay)
+    WHERE id = :id
+    """
+)
+BACKLOG = text(
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
+)
+TRANSIENT = (
+    OSError,
+    ConnectionError,
+    AMQPError,
+    ChannelInvalidStateError,
+    TimeoutError,
+    OperationalError,
+    DBAPIError,
+    asyncpg.PostgresError,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one row: published (error None) or refused by the broker."""
+
+    row_id: int
+    error: str | None = None
+
+
+class Relay:
+    """One publisher replica. Several can run at once: SKIP LOCKED gives each row to one of them."""
+
+    def __init__(self, settings: PublisherSettings, engine: AsyncEngine | None = None) -> None:
+        self.settings = settings
+        self.topology = Topology.from_settings(settings.broker)
+        self._engine = engine or create_engine(settings.database)
+        self._owns_engine = engine is None
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, connect_attempts: int | None = None) -> None:
+        """Connect to the broker, declare the topology and start listening for NOTIFY."""
+        self._connection = await connect(
+            self.settings.broker.url, attempts=connect_attempts, name="relaybox-publisher"
+        )
+        self._channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._exchanges = await self.topology.declare(self._channel)
+        self._listener = asyncio.create_task(self._listen())
+
+    async def close(self) -> None:
+        """Stop listening and close connections (after the current batch finished)."""
+        self._stop.set()
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._connection:
+            await self._connection.close()
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    def stop(self) -> None:
+        """Ask `run` to return after its current batch."""
+        self._stop.set()
+        self._wake.set()
+
+    async def ready(self) -> bool:
+        """Database reachable and broker connection open."""
+        if self._connection is None or self._connection.is_closed:
+            return False
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except TRANSIENT:
+            return False
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Relay until `stop()`: batch after batch, then sleep until NOTIFY or the poll interval."""
+        backoff = 0.1
+        metrics_due = 0.0
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                count = await self.publish_batch()
+                if time.monotonic() >= metrics_due:
+                    await self.refresh_backlog_metrics()
+                    metrics_due = time.monotonic() + self.settings.metrics_interval_s
+                backoff = 0.1
+            except TRANSIENT as exc:
+                metrics.FAILURES.inc()
+                log.warning("relay batch failed, will retry", extra={"error": repr(exc)})
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if count < self.settings.batch_size:
+                await self._sleep(self.settings.poll_interval_s, wakeable=True)
+
+    async def drain(self) -> int:
+        """Publish until no row is available; returns how many were published (tests, shutdown)."""
+        total = 0
+        while count := await self.publish_batch():
+            total += count
+        return total
+
+    async def publish_batch(self) -> int:
+        """Claim up to batch_size rows, publish them, delete the confirmed ones; rows claimed."""
+        async with self._engine.connect() as conn, conn.begin():
+            rows = (await conn.execute(CLAIM, {"limit": self.settings.batch_size})).mappings().all()
+            if not rows:
+                return 0
+            outcomes = await asyncio.gather(*(self._publish(row) for row in rows))
+            failpoint("publisher.after_publish", self.settings.faults)
+            await self._settle(conn, rows, outcomes)
+        failpoint("publisher.after_commit", self.settings.faults)
+        return len(rows)
+
+    async def refresh_backlog_metrics(self) -> None:
+        async with self._engine.connect() as conn:
+            count, age = (await conn.execute(BACKLOG)).one()
+        metrics.BACKLOG.set(count)
+        metrics.OLDEST_AGE.set(float(age))
+
+    # -- one message -----------------------------------------------------------------------
+
+    async def _publish(self, row: Any) -> Outcome:
+        exchange_name = self.topology.exchange_for(row["destination"])
+        exchange = self._exchanges.get(exchange_name or "")
+        if exchange is None:
+            metrics.RETURNS.inc()
+            return Outcome(row["id"], f"unknown destination {row['destination']!r}")
+        headers = dict(row["headers"])
+        message = aio_pika.Message(
+            body=json.dumps(row["payload"], separators=(",", ":")).encode(),
+            message_id=str(row["message_id"]),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            timestamp=row["created_at"],
+            headers=headers,
+        )
+        started = time.perf_counter()
+        try:
+            await exchange.publish(
+                message,
+                routing_key=row["routing_key"],
+                mandatory=True,
+                timeout=self.settings.publish_timeout_s,
+            )
+        except PublishError:
+            metrics.RETURNS.inc()
+            return Outcome(row["id"], f"unroutable: no queue bound for {row['routing_key']!r}")
+        except DeliveryError:
+            metrics.NACKS.inc()
+            return Outcome(row["id"], "nacked by the broker")
+        metrics.CONFIRMS.inc()
+        metrics.PUBLISH_LATENCY.observe(time.perf_counter() - started)
+        metrics.RELAY_LAG.observe((datetime.now(UTC) - row["created_at"]).total_seconds())
+        return Outcome(row["id"])
+
+    async def _settle(self, conn: AsyncConnection, rows: Any, outcomes: list[Outcome]) -> None:
+        confirmed = [o.row_id for o in outcomes if o.error is None]
+        if confirmed:
+            await conn.execute(DELETE, {"ids": confirmed})
+        attempts = {row["id"]: row["publish_attempts"] for row in rows}
+        for outcome in outcomes:
+            if outcome.error is None:
+                continue
+            delay = min(
+                self.settings.retry_backoff_s * 2 ** attempts[outcome.row_id],
+                self.settings.retry_backoff_max_s,
+            )
+            log.warning(
+                "broker refused an outbox row, postponed",
+                extra={"outbox_id": outcome.row_id, "error": outcome.error, "delay_s": delay},
+            )
+            await conn.execute(
+                POSTPONE, {"id": outcome.row_id, "error": outcome.error, "delay": delay}
+            )
+
+    # -- waking ----------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float, *, wakeable: bool = False) -> None:
+        waiter = self._wake if wakeable else self._stop
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), timeout=seconds)
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection open; reconnect with backoff when the database restarts."""
+        dsn = asyncpg_dsn(self.settings.database.url)
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("LISTEN connection failed", extra={"error": repr(exc)})
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: self._wake.set())
+                self._wake.set()  # catch up on anything written while we were not listening
+                await lost.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
