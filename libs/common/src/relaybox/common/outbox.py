@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry import propagate
 from sqlalchemy import func, insert, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from relaybox.common.db.models import Outbox
 
@@ -32,7 +32,7 @@ def trace_headers(correlation_id: str | None = None) -> dict[str, Any]:
 
 
 async def enqueue(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     *,
     routing_key: str,
     payload: dict[str, Any],

@@ -1,1 +1,1 @@
-"""relaybox package."""
+"""Consumers: take messages off the work queues and send them through rate-limited providers."""

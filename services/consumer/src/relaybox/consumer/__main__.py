@@ -1,0 +1,19 @@
+"""`python -m relaybox.consumer`: run one consumer replica."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relaybox.common.observability.logging import configure_logging
+from relaybox.consumer.service import serve
+from relaybox.consumer.settings import ConsumerSettings
+
+
+def run() -> None:
+    settings = ConsumerSettings()
+    configure_logging("consumer", settings.log)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,185 @@
+"""The send flow every outbound handler shares: claim, call the provider, record, retry or fail."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from relaybox.common.faults import failpoint
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.outbox import DEAD, enqueue, retry_destination
+from relaybox.common.providers.base import PermanentError, RetryableError
+from relaybox.consumer import metrics
+from relaybox.consumer.delivery import DeliveryTable
+from relaybox.consumer.errors import PoisonMessageError
+from relaybox.consumer.settings import ConsumerSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TRANSIENT_DB = (OSError, ConnectionError, OperationalError, DBAPIError, asyncpg.PostgresError)
+CARRIED_HEADERS = ("traceparent", "tracestate", "x-correlation-id")
+
+
+def carried_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """The headers a retried or dead-lettered copy keeps (trace context, correlation id)."""
+    return {k: v for k, v in headers.items() if k in CARRIED_HEADERS}
+
+
+class SendingHandler(ABC):
+    """Handles one routing key whose messages carry the id of a row in `table`."""
+
+    route: str
+    table: DeliveryTable
+    provider_name: str
+
+    def __init__(self, engine: AsyncEngine, topology: Topology, settings: ConsumerSettings) -> None:
+        self.engine = engine
+        self.topology = topology
+        self.settings = settings
+
+    @abstractmethod
+    async def send(self, row: dict[str, Any]) -> str:
+        """Call the provider once for a claimed row; return the provider's id."""
+
+    def row_id(self, payload: dict[str, Any]) -> Any:
+        """The row a message points at."""
+        try:
+            return payload["id"]
+        except (KeyError, TypeError):
+            raise PoisonMessageError("message has no 'id'") from None
+
+    async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
+        """Process one delivery; returns the outcome label. Safe to call twice for one message."""
+        row_id = self.row_id(payload)
+        row = await self.in_tx(lambda c: self.table.claim(c, row_id, self.settings.lease_s))
+        if row is None:
+            return await self._not_claimed(row_id, payload, headers)
+        failpoint(f"{self.route}.after_claim", self.settings.faults)
+        started = time.perf_counter()
+        try:
+            provider_id = await self.send(row)
+        except RetryableError as exc:
+            self._observe(started, "retryable")
+            return await self._retry_or_fail(row, payload, headers, exc)
+        except PermanentError as exc:
+            self._observe(started, "permanent")
+            error = str(exc)
+            await self.in_tx(lambda c: self.table.mark_failed(c, row_id, error))
+            metrics.ATTEMPTS.labels(self.route, "FAILED").observe(row["attempts"])
+            return "failed"
+        self._observe(started, "accepted")
+        failpoint(f"{self.route}.after_send", self.settings.faults)
+        await self.in_tx(lambda c: self.table.mark_sent(c, row_id, provider_id))
+        metrics.ATTEMPTS.labels(self.route, "SENT").observe(row["attempts"])
+        return "sent"
+
+    async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_DB),
+            stop=stop_after_delay(self.settings.db_retry_s),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, started: float, result: str) -> None:
+        metrics.SEND_LATENCY.labels(self.provider_name).observe(time.perf_counter() - started)
+        metrics.PROVIDER_RESULTS.labels(self.provider_name, result).inc()
+
+    async def _not_claimed(
+        self, row_id: Any, payload: dict[str, Any], headers: dict[str, Any]
+    ) -> str:
+        peek = await self.in_tx(lambda c: self.table.peek(c, row_id))
+        if peek is None:
+            raise PoisonMessageError(f"no {self.table.table} row {row_id}")
+        if peek.status != "SENDING":
+            return "duplicate"  # already final (or PENDING again and re-enqueued by its owner)
+        # Another consumer holds a live lease: look again once it has run out.
+        delay = self.topology.retry_delay_for(1, retry_after_s=peek.lease_left_s)
+
+        async def defer(conn: AsyncConnection) -> None:
+            await enqueue(
+                conn,
+                routing_key=self.route,
+                payload=payload,
+                destination=retry_destination(delay),
+                headers=carried_headers(headers),
+            )
+
+        await self.in_tx(defer)
+        return "deferred"
+
+    async def _retry_or_fail(
+        self,
+        row: dict[str, Any],
+        payload: dict[str, Any],
+        headers: dict[str, Any],
+        exc: RetryableError,
+    ) -> str:
+        attempts: int = row["attempts"]
+        error = str(exc)
+        if attempts >= self.settings.max_attempts:
+            await self.in_tx(lambda c: self._dead_letter(c, row["id"], payload, headers, error))
+            metrics.DEAD_LETTERED.labels(self.route).inc()
+            metrics.ATTEMPTS.labels(self.route, "FAILED").observe(attempts)
+            return "dead_lettered"
+        delay = self.topology.retry_delay_for(attempts, retry_after_s=exc.retry_after)
+
+        async def retry(conn: AsyncConnection) -> None:
+            if await self.table.release_for_retry(conn, row["id"], attempts, error):
+                await enqueue(
+                    conn,
+                    routing_key=self.route,
+                    payload=payload,
+                    destination=retry_destination(delay),
+                    headers=carried_headers(headers),
+                )
+
+        await self.in_tx(retry)
+        metrics.RETRIES.labels(self.route, str(delay)).inc()
+        log.info(
+            "send failed, retry scheduled",
+            extra={
+                "route": self.route,
+                "id": str(row["id"]),
+                "attempt": attempts,
+                "delay_ms": delay,
+            },
+        )
+        return "retried"
+
+    async def _dead_letter(
+        self,
+        conn: AsyncConnection,
+        row_id: Any,
+        payload: dict[str, Any],
+        headers: dict[str, Any],
+        error: str,
+    ) -> None:
+        if await self.table.mark_failed(conn, row_id, error):
+            await enqueue(
+                conn,
+                routing_key=self.route,
+                payload=payload,
+                destination=DEAD,
+                headers={**carried_headers(headers), "x-last-error": error[:1000]},
+            )

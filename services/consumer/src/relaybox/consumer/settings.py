@@ -1,0 +1,24 @@
+"""Consumer settings (`RELAYBOX_` prefix)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from relaybox.common.faults import FaultSettings
+from relaybox.common.settings import HttpServerSettings, ServiceSettings, SmtpSettings
+
+
+class ConsumerSettings(ServiceSettings):
+    """Everything the consumer reads from the environment."""
+
+    prefetch: int = Field(default=32, ge=1, le=1000, description="unacked messages per replica")
+    max_attempts: int = Field(default=3, ge=1, description="send attempts before FAILED + DLQ")
+    lease_s: float = Field(default=60.0, gt=0, description="how long a SENDING claim is owned")
+    db_retry_s: float = Field(default=60.0, ge=0, description="ride out a database restart")
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+    email_provider: Literal["smtp"] = "smtp"
+    smtp: SmtpSettings = SmtpSettings()
+    http: HttpServerSettings = HttpServerSettings(port=9102)
+    faults: FaultSettings = FaultSettings()

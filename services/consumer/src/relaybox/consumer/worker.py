@@ -1,0 +1,191 @@
+"""The worker runtime: consume the work queues, run handlers, ack after the state is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Protocol
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from opentelemetry import propagate, trace
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.common.messaging.broker import connect
+from relaybox.common.messaging.topology import Topology
+from relaybox.consumer import metrics
+from relaybox.consumer.errors import PoisonMessageError
+from relaybox.consumer.settings import ConsumerSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("relaybox.consumer")
+
+
+class Handler(Protocol):
+    """Handles the messages of one routing key; returns an outcome label."""
+
+    route: str
+
+    async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str: ...
+
+
+class Worker:
+    """One consumer replica: prefetch-bounded, drains on stop, idempotent handlers."""
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        engine: AsyncEngine,
+        topology: Topology,
+        handlers: list[Handler],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.topology = topology
+        self.handlers = {h.route: h for h in handlers}
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._queues: dict[str, AbstractQueue] = {}
+        self._tags: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
+
+    async def start(self, *, connect_attempts: int | None = None) -> None:
+        """Connect, declare the topology and start consuming every handler's queue."""
+        self._connection = await connect(
+            self.settings.broker.url, attempts=connect_attempts, name="relaybox-consumer"
+        )
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self.settings.prefetch)
+        await self.topology.declare(self._channel)
+        for route in self.handlers:
+            queue = await self._channel.get_queue(self.topology.queue(route))
+            self._queues[route] = queue
+            self._tags[route] = await queue.consume(self._on_message)
+        log.info("consumer started", extra={"routes": sorted(self.handlers)})
+
+    async def stop(self) -> None:
+        """Stop taking new messages (in-flight ones go on)."""
+        for route, tag in list(self._tags.items()):
+            with contextlib.suppress(Exception):
+                await self._queues[route].cancel(tag)
+        self._tags.clear()
+        self._stopped.set()
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Wait for in-flight messages; past the grace period cancel them (they get redelivered)."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "in-flight messages abandoned at shutdown", extra={"count": len(pending)}
+                )
+                await asyncio.wait(pending)
+
+    async def close(self) -> None:
+        """Stop, drain, close the connection."""
+        await self.stop()
+        await self.drain()
+        if self._connection:
+            await self._connection.close()
+
+    async def ready(self) -> bool:
+        """Database reachable and broker connection open."""
+        if self._connection is None or self._connection.is_closed:
+            return False
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run_until_idle(self, *, idle_rounds: int = 3, interval_s: float = 0.05) -> None:
+        """Return once nothing is in flight and the work and retry queues stay empty (tests)."""
+        quiet = 0
+        while quiet < idle_rounds:
+            await asyncio.sleep(interval_s)
+            quiet = quiet + 1 if not self._tasks and await self._queues_empty() else 0
+
+    async def refresh_dlq_metrics(self) -> None:
+        """Read every DLQ's depth into the gauge."""
+        if not self._channel:
+            return
+        for route in self.handlers:
+            name = self.topology.dead_letter_queue(route)
+            queue = await self._channel.declare_queue(name, passive=True)
+            metrics.DLQ_DEPTH.labels(name).set(queue.declaration_result.message_count or 0)
+
+    async def _queues_empty(self) -> bool:
+        assert self._channel is not None
+        names = [self.topology.queue(r) for r in self.handlers]
+        names += [self.topology.retry_queue(d) for d in self.topology.retry_delays_ms]
+        for name in names:
+            queue = await self._channel.declare_queue(name, passive=True)
+            if queue.declaration_result.message_count:
+                return False
+        return True
+
+    def _on_message(self, message: AbstractIncomingMessage) -> Any:
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        route = message.routing_key or ""
+        headers: dict[str, Any] = dict(message.headers or {})
+        metrics.IN_FLIGHT.inc()
+        try:
+            context = propagate.extract({k: str(v) for k, v in headers.items()})
+            with tracer.start_as_current_span(
+                f"consume {route}", context=context, kind=trace.SpanKind.CONSUMER
+            ):
+                outcome = await self._dispatch(route, message.body, headers)
+            await message.ack()
+        except PoisonMessageError as exc:
+            log.error("poison message dead-lettered", extra={"route": route, "error": str(exc)})
+            outcome = "poison"
+            await message.reject(requeue=False)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            raise
+        except Exception:
+            log.exception("handler crashed; message requeued", extra={"route": route})
+            outcome = "error"
+            await asyncio.sleep(1.0)  # do not spin; x-delivery-limit dead-letters a real poison
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        metrics.OUTCOMES.labels(route, outcome).inc()
+
+    async def _dispatch(self, route: str, body: bytes, headers: dict[str, Any]) -> str:
+        handler = self.handlers.get(route)
+        if handler is None:
+            raise PoisonMessageError(f"no handler for routing key {route!r}")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise PoisonMessageError("body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise PoisonMessageError("body is not a JSON object")
+        return await handler.handle(payload, headers)
