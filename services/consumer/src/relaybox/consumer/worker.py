@@ -143,11 +143,11 @@ class Worker:
                 return False
         return True
 
-    def _on_message(self, message: AbstractIncomingMessage) -> Any:
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # One task per message (bounded by prefetch) so slow sends overlap.
         task = asyncio.create_task(self._process(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return None
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         route = message.routing_key or ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from relaybox.common.observability.logging import configure_logging
@@ -13,8 +15,15 @@ def run() -> None:
     """Serve the mock providers until interrupted."""
     settings = MockMetaSettings()
     configure_logging("mock-meta", settings.log)
+    _quiet_smtp_transcript()
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+
+
+def _quiet_smtp_transcript() -> None:
+    """aiosmtpd logs every SMTP command at INFO; keep only its warnings."""
+    smtp_log = logging.getLogger("mail.log")
+    smtp_log.setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, Router, delete, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from relaybox.mock_meta.smtp_sink import SinkConfig, SinkStats, SmtpSink
 from relaybox.mock_meta.smtp_store import SmtpMessage, StoredMessage
+
+SinkDependency = NamedDependency[SmtpSink]
+_ID = "Message-ID header; the angle brackets are optional"
 
 
 class SmtpMessageList(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,43 +40,43 @@ class SmtpController(Controller):
     @get("/messages")
     async def list_messages(
         self,
-        smtp_sink: SmtpSink,
-        to: Annotated[str | None, Parameter(description="envelope recipient")] = None,
-        message_id: Annotated[
-            str | None, Parameter(query="messageId", description="Message-ID header, <> optional")
-        ] = None,
+        smtp_sink: SinkDependency,
+        to: Annotated[str | None, QueryParameter(description="envelope recipient")] = None,
+        message_id: Annotated[str | None, QueryParameter(name="messageId", description=_ID)] = None,
     ) -> SmtpMessageList:
         """List received messages, optionally filtered by recipient and Message-ID."""
         found = smtp_sink.store.find(to=to, message_id=message_id)
         return SmtpMessageList(data=found, total=len(found))
 
     @get("/messages/{seq:int}")
-    async def get_message(self, smtp_sink: SmtpSink, seq: int) -> SmtpMessage:
+    async def get_message(self, smtp_sink: SinkDependency, seq: FromPath[int]) -> SmtpMessage:
         """One received message."""
         return _stored_or_404(smtp_sink, seq).message
 
     @get("/messages/{seq:int}/raw", media_type="message/rfc822")
-    async def get_raw_message(self, smtp_sink: SmtpSink, seq: int) -> Response[bytes]:
+    async def get_raw_message(
+        self, smtp_sink: SinkDependency, seq: FromPath[int]
+    ) -> Response[bytes]:
         """The bytes of one received message exactly as the DATA command carried them."""
         return Response(_stored_or_404(smtp_sink, seq).raw, media_type="message/rfc822")
 
     @delete("/messages")
-    async def clear_messages(self, smtp_sink: SmtpSink) -> None:
+    async def clear_messages(self, smtp_sink: SinkDependency) -> None:
         """Forget every message and zero the counters."""
         smtp_sink.reset()
 
     @get("/config")
-    async def get_config(self, smtp_sink: SmtpSink) -> SinkConfig:
+    async def get_config(self, smtp_sink: SinkDependency) -> SinkConfig:
         """The current failure switches."""
         return smtp_sink.config
 
     @post("/config", status_code=200)
-    async def set_config(self, smtp_sink: SmtpSink, data: SinkConfig) -> SinkConfig:
+    async def set_config(self, smtp_sink: SinkDependency, data: JSONBody[SinkConfig]) -> SinkConfig:
         """Replace the failure switches (omitted fields take their defaults)."""
         return smtp_sink.configure(data)
 
     @get("/stats")
-    async def get_stats(self, smtp_sink: SmtpSink) -> SinkStats:
+    async def get_stats(self, smtp_sink: SinkDependency) -> SinkStats:
         """Accepted and rejected counts since the last reset."""
         return smtp_sink.stats
 

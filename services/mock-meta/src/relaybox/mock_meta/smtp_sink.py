@@ -25,7 +25,9 @@ FAILURE_REPLIES: dict[FailureKind, str] = {
 _HOSTNAME = "mock-meta.relaybox.local"
 
 
-class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+class SinkConfig(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     """Failure switches: `fail_next` messages get `failure`, then `mode` applies to the rest."""
 
     mode: SinkMode = "accept"

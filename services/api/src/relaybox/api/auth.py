@@ -1,0 +1,94 @@
+"""Bearer JWT authentication (HS256) and per-area scope guards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from litestar.connection import ASGIConnection
+from litestar.exceptions import PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.security.jwt import JWTAuth, Token
+
+from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
+from relaybox.common.errors import RelayboxError
+
+PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
+ALL_SCOPES = ("email:send", "email:read")
+MIN_SECRET_BYTES = 32
+
+
+class InsecureSecretError(RelayboxError):
+    """The JWT secret is the placeholder or too short, outside dev mode."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """The authenticated caller: the token's subject and its scopes."""
+
+    id: str
+    scopes: frozenset[str]
+
+
+def check_secret(settings: ApiSettings) -> None:
+    """Refuse the placeholder (or a short) secret unless dev mode is on."""
+    secret = settings.auth.jwt_secret
+    if settings.dev_mode:
+        return
+    if secret == PLACEHOLDER_SECRET:
+        raise InsecureSecretError(
+            "RELAYBOX_AUTH__JWT_SECRET is the development placeholder; set a real secret "
+            "or RELAYBOX_DEV_MODE=true"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise InsecureSecretError(
+            f"RELAYBOX_AUTH__JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+        )
+
+
+async def _retrieve_client(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
+    scopes = token.extras.get("scopes", [])
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    return Client(id=token.sub, scopes=frozenset(str(s) for s in scopes))
+
+
+def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:
+    """Litestar's JWT middleware config; public paths and webhooks are excluded."""
+    return JWTAuth[Client, Token](
+        token_secret=settings.auth.jwt_secret,
+        retrieve_user_handler=_retrieve_client,
+        algorithm="HS256",
+        exclude=[f"^{p}" for p in PUBLIC_PATHS],
+        exclude_opt_key="public",
+    )
+
+
+def require(scope: str) -> Any:
+    """A guard that lets through clients whose token carries `scope`."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        client = connection.user
+        if not isinstance(client, Client) or scope not in client.scopes:
+            raise PermissionDeniedException(detail=f"this token lacks the {scope!r} scope")
+
+    return guard
+
+
+def issue_token(
+    settings: ApiSettings,
+    subject: str,
+    scopes: tuple[str, ...] = ALL_SCOPES,
+    ttl_s: int | None = None,
+) -> str:
+    """A signed HS256 token (for `make run`'s dev token and for tests)."""
+    now = datetime.now(UTC)
+    claims = {
+        "sub": subject,
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(seconds=ttl_s or settings.auth.token_ttl_s)).timestamp()),
+        "scopes": list(scopes),
+    }
+    return jwt.encode(claims, settings.auth.jwt_secret, algorithm="HS256")

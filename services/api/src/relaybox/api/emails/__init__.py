@@ -1,0 +1,1 @@
+"""Queued email: POST /send and the delivery log."""

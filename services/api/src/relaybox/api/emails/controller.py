@@ -1,0 +1,112 @@
+"""Email endpoints: thin handlers that validate and call the email service."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaybox.api.auth import Client, require
+from relaybox.api.emails import service
+from relaybox.api.emails.schemas import (
+    Accepted,
+    EmailDetail,
+    EmailLogPage,
+    EmailStatus,
+    SendEmailRequest,
+)
+from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.settings import ApiSettings
+from relaybox.common.observability.logging import request_id_var
+
+
+class EmailController(Controller):
+    """POST /send (alias /email/send), the delivery log and single emails."""
+
+    tags = ["email"]
+
+    @post(
+        ["/send", "/email/send"],
+        guards=[require("email:send")],
+        status_code=202,
+        summary="Queue an email",
+        description="Writes the email (PENDING) and its outbox row in one transaction. "
+        "Honours Idempotency-Key.",
+        responses={},
+        opt={"rate_limited": True},
+    )
+    async def send(
+        self,
+        request: Request[Client, Any, State],
+        data: JSONBody[SendEmailRequest],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name=HEADER, required=False, max_length=255)
+        ] = None,
+    ) -> Response[Accepted]:
+        client: Client = request.user
+        key = validate_key(idempotency_key)
+        body = data.model_dump(by_alias=True)
+        idem = (
+            Idempotency(
+                client.id,
+                service.IDEMPOTENCY_SCOPE,
+                key,
+                request_hash(body),
+                settings.idempotency_ttl_h,
+            )
+            if key
+            else None
+        )
+        stored = await service.accept_email(
+            db_session,
+            client_id=client.id,
+            request=data,
+            default_from=settings.email_from,
+            idempotency=idem,
+            correlation_id=request_id_var.get(),
+        )
+        return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
+
+    @get(
+        ["/logs/email", "/email/logs"],
+        guards=[require("email:read")],
+        summary="The email delivery log, newest first, with today's totals",
+    )
+    async def logs(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
+        clock: NamedDependency[Any],
+        page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
+        status: Annotated[EmailStatus | None, QueryParameter()] = None,
+        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
+        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+    ) -> EmailLogPage:
+        zone = ZoneInfo(settings.timezone)
+        query = service.LogQuery(
+            page=page,
+            limit=limit,
+            status=status,
+            since=service.parse_bound(since, "from", zone, end=False),
+            until=service.parse_bound(until, "to", zone, end=True),
+            cursor=cursor,
+        )
+        now: datetime = clock()
+        return await service.email_log(db_session, query, zone=zone, now=now)
+
+    @get("/emails/{email_id:uuid}", guards=[require("email:read")], summary="One email")
+    async def get_one(
+        self, db_session: NamedDependency[AsyncSession], email_id: FromPath[uuid.UUID]
+    ) -> EmailDetail:
+        return await service.get_email(db_session, email_id)

@@ -1,0 +1,100 @@
+"""Idempotency-Key semantics (IETF draft): same key + same body → the stored response;
+same key + another body → 422; the same key while the first request runs → 409.
+
+Runs inside the caller's transaction, so the stored response commits with the rows it describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaybox.api.errors import ApiError, ConflictError, UnprocessableError
+
+HEADER = "Idempotency-Key"
+_VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status_code: int
+    body: dict[str, Any]
+
+
+def request_hash(body: Any) -> str:
+    """A fingerprint of the validated request body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not _VALID_KEY.match(key):
+        raise ApiError(f"{HEADER} must be 1-255 visible ASCII characters", field=HEADER.lower())
+    return key
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """One key of one client on one endpoint."""
+
+    client_id: str
+    scope: str
+    key: str
+    fingerprint: str
+    ttl_h: int = 24
+
+    async def replay(self, session: AsyncSession) -> StoredResponse | None:
+        """Lock the key for this transaction; the stored response if the key was used before."""
+        locked = await session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"{self.client_id}\x00{self.scope}\x00{self.key}"},
+        )
+        if not locked:
+            raise ConflictError(
+                f"a request with this {HEADER} is still being processed; retry shortly"
+            )
+        row = (
+            await session.execute(
+                text(
+                    "SELECT request_hash, status_code, response FROM idempotency_keys "
+                    "WHERE client_id = :c AND scope = :s AND key = :k "
+                    "AND created_at > now() - make_interval(hours => :ttl)"
+                ),
+                {"c": self.client_id, "s": self.scope, "k": self.key, "ttl": self.ttl_h},
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        if row.request_hash != self.fingerprint:
+            raise UnprocessableError(
+                f"this {HEADER} was already used with a different request body"
+            )
+        return StoredResponse(row.status_code, row.response)
+
+    async def store(self, session: AsyncSession, response: StoredResponse) -> None:
+        await session.execute(
+            text(
+                "INSERT INTO idempotency_keys "
+                "(client_id, scope, key, request_hash, status_code, response) "
+                "VALUES (:c, :s, :k, :h, :code, CAST(:body AS jsonb)) "
+                "ON CONFLICT (client_id, scope, key) DO UPDATE SET "  # the old one had expired
+                "request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code, "
+                "response = EXCLUDED.response, created_at = now()"
+            ),
+            {
+                "c": self.client_id,
+                "s": self.scope,
+                "k": self.key,
+                "h": self.fingerprint,
+                "code": response.status_code,
+                "body": json.dumps(response.body, default=str),
+            },
+        )

@@ -1,0 +1,95 @@
+"""Fixtures: one database and one topology prefix per test run, real servers, clean state per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.common.db.migrate import upgrade
+from relaybox.common.db.session import asyncpg_dsn, create_engine
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from tests.support.servers import Servers, locate
+
+RUN = uuid.uuid4().hex[:8]
+TABLES = ("outbox", "emails", "idempotency_keys")
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    with locate() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: Servers) -> Iterator[str]:
+    """A fresh database for this run, migrated to head, dropped at the end."""
+    url = make_url(servers.database_admin_url).set(database=f"relaybox_test_{RUN}")
+    rendered = url.render_as_string(hide_password=False)
+    upgrade(rendered)
+    yield rendered
+
+    async def drop() -> None:
+        admin = asyncpg_dsn(url.set(database="postgres").render_as_string(hide_password=False))
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def broker_settings(servers: Servers) -> Iterator[BrokerSettings]:
+    """Short retry tiers under this run's own topology prefix; deleted at the end."""
+    settings = BrokerSettings(
+        url=servers.amqp_url,
+        topology_prefix=f"test.{RUN}.",
+        retry_delays_ms=[100, 200, 400],
+        delivery_limit=3,
+    )
+    yield settings
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(settings.url)
+        async with connection:
+            await Topology.from_settings(settings).delete(await connection.channel())
+
+    asyncio.run(delete())
+
+
+@pytest.fixture
+def db_settings(database_url: str) -> DatabaseSettings:
+    return DatabaseSettings(url=database_url, pool_size=5, max_overflow=5)
+
+
+@pytest.fixture
+async def engine(db_settings: DatabaseSettings) -> AsyncIterator[AsyncEngine]:
+    """An engine on a clean database (every table truncated before the test)."""
+    eng = create_engine(db_settings)
+    async with eng.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+async def topology(broker_settings: BrokerSettings) -> AsyncIterator[Topology]:
+    """The run's topology, declared, with every queue purged before the test."""
+    topo = Topology.from_settings(broker_settings)
+    connection = await aio_pika.connect(broker_settings.url)
+    async with connection:
+        channel = await connection.channel()
+        await topo.declare(channel)
+        for name in topo.all_queues():
+            await (await channel.get_queue(name)).purge()
+    yield topo

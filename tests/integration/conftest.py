@@ -1,0 +1,79 @@
+"""Fixtures of the integration suite: the SMTP sink, the API client and the running pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.api.app import create_app
+from relaybox.api.auth import issue_token
+from relaybox.api.settings import ApiSettings
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.mock_meta.settings import SmtpSinkSettings
+from relaybox.mock_meta.smtp_sink import SmtpSink
+from tests.support.pipeline import (
+    Pipeline,
+    consumer_settings,
+    publisher_settings,
+    running_pipeline,
+)
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-use"
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    smtp = SmtpSink(SmtpSinkSettings(port=0))
+    await smtp.start()
+    yield smtp
+    await smtp.stop()
+
+
+@pytest.fixture
+def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings) -> ApiSettings:
+    return ApiSettings(
+        database=db_settings,
+        broker=broker_settings,
+        auth={"jwt_secret": SECRET},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def token(api_settings: ApiSettings) -> str:
+    return issue_token(api_settings, "test-client")
+
+
+@pytest.fixture
+async def client(
+    api_settings: ApiSettings, engine: AsyncEngine, token: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in this test's event loop (ASGI transport), authenticated with all scopes."""
+    app = create_app(api_settings, engine=engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://relaybox.test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def pipeline(
+    engine: AsyncEngine,
+    topology: Topology,
+    db_settings: DatabaseSettings,
+    broker_settings: BrokerSettings,
+    sink: SmtpSink,
+) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(
+        engine,
+        topology,
+        publisher_settings(db_settings, broker_settings),
+        consumer_settings(db_settings, broker_settings, sink.port),
+    ) as running:
+        yield running
