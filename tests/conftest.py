@@ -1,4 +1,4 @@
-"""Fixtures: one database and one topology prefix per test run, real servers, clean state per test."""
+"""Fixtures: a database and a topology prefix per run, real servers, clean state per test."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ async def engine(db_settings: DatabaseSettings) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def topology(broker_settings: BrokerSettings) -> AsyncIterator[Topology]:
+async def topology(broker_settings: BrokerSettings) -> Topology:
     """The run's topology, declared, with every queue purged before the test."""
     topo = Topology.from_settings(broker_settings)
     connection = await aio_pika.connect(broker_settings.url)
@@ -92,4 +92,4 @@ async def topology(broker_settings: BrokerSettings) -> AsyncIterator[Topology]:
         await topo.declare(channel)
         for name in topo.all_queues():
             await (await channel.get_queue(name)).purge()
-    yield topo
+    return topo

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
-from relaybox.api.settings import ApiSettings
+from relaybox.api.settings import ApiSettings, AuthSettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.settings import SmtpSinkSettings
@@ -38,7 +38,7 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
     return ApiSettings(
         database=db_settings,
         broker=broker_settings,
-        auth={"jwt_secret": SECRET},  # type: ignore[arg-type]
+        auth=AuthSettings(jwt_secret=SECRET),
     )
 
 
@@ -53,7 +53,7 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API in this test's event loop (ASGI transport), authenticated with all scopes."""
     app = create_app(api_settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(
         transport=transport,
         base_url="http://relaybox.test",

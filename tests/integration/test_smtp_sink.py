@@ -17,7 +17,7 @@ from relaybox.mock_meta.smtp_sink import SinkConfig, SmtpSink
 
 
 def _settings(max_messages: int = 100) -> MockMetaSettings:
-    return MockMetaSettings(smtp=SmtpSinkSettings(port=0, max_messages=max_messages))
+    return MockMetaSettings(smtp_sink=SmtpSinkSettings(port=0, max_messages=max_messages))
 
 
 def _email(to: str = "alice@example.com", subject: str = "hello", msg_id: str = "") -> EmailMessage:
@@ -42,7 +42,7 @@ def _asgi(app: Litestar) -> httpx.ASGITransport:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[SmtpSink]:
-    smtp_sink = SmtpSink(_settings().smtp)
+    smtp_sink = SmtpSink(_settings().smtp_sink)
     await smtp_sink.start()
     yield smtp_sink
     await smtp_sink.stop()

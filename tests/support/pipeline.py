@@ -22,7 +22,9 @@ from relaybox.publisher.relay import Relay
 from relaybox.publisher.settings import PublisherSettings
 
 
-def publisher_settings(db: DatabaseSettings, broker: BrokerSettings, **extra: Any) -> PublisherSettings:
+def publisher_settings(
+    db: DatabaseSettings, broker: BrokerSettings, **extra: Any
+) -> PublisherSettings:
     return PublisherSettings(database=db, broker=broker, poll_interval_s=0.2, **extra)
 
 

@@ -23,7 +23,9 @@ class Servers:
 def _reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url.replace("+asyncpg", ""))
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -45,9 +47,10 @@ def locate() -> Iterator[Servers]:
     from testcontainers.postgres import PostgresContainer
     from testcontainers.rabbitmq import RabbitMqContainer
 
-    with PostgresContainer("postgres:16", driver="asyncpg") as pg, RabbitMqContainer(
-        "rabbitmq:3.13-management"
-    ) as mq:
+    with (
+        PostgresContainer("postgres:16", driver="asyncpg") as pg,
+        RabbitMqContainer("rabbitmq:3.13-management") as mq,
+    ):
         params = mq.get_connection_params()
         yield Servers(
             pg.get_connection_url(),

@@ -50,10 +50,10 @@ class LogSettings(BaseModel):
 
 
 class HttpServerSettings(BaseModel):
-    """The small /health, /ready, /metrics server of a worker."""
+    """Where a service listens for HTTP (a worker's /health, /ready, /metrics; 0 = off)."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535, description="0 disables the server")
+    port: int = Field(default=0, ge=0, le=65535, description="0 disables a worker's server")
 
 
 class SmtpSettings(BaseModel):

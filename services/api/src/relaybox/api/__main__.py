@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except InsecureSecretError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host=settings.api.host, port=settings.api.port, log_level="warning", access_log=False
+    )
     return 0
 
 

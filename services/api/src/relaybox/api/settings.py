@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
 
-from relaybox.common.settings import ServiceSettings
+from relaybox.common.settings import HttpServerSettings, ServiceSettings
 
 PLACEHOLDER_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode
 
@@ -27,8 +27,7 @@ class RateLimitSettings(BaseModel):
 class ApiSettings(ServiceSettings):
     """Everything the API reads from the environment."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=3000, ge=1, le=65535)
+    api: HttpServerSettings = HttpServerSettings(port=3000)
     dev_mode: bool = False
     timezone: str = Field(default="UTC", description="day boundary of the logs' `stats.today`")
     auth: AuthSettings = AuthSettings()

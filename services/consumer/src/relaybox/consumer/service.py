@@ -39,7 +39,7 @@ async def serve(settings: ConsumerSettings) -> None:
     """Run one consumer replica until SIGTERM/SIGINT, then drain and close."""
     worker, providers = create_worker(settings)
     await worker.start()
-    health = HealthServer(settings.http, worker.ready)
+    health = HealthServer(settings.consumer, worker.ready)
     await health.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,5 +20,5 @@ class ConsumerSettings(ServiceSettings):
     shutdown_grace_s: float = Field(default=30.0, gt=0)
     email_provider: Literal["smtp"] = "smtp"
     smtp: SmtpSettings = SmtpSettings()
-    http: HttpServerSettings = HttpServerSettings(port=9102)
+    consumer: HttpServerSettings = HttpServerSettings(port=9102)
     faults: FaultSettings = FaultSettings()

@@ -17,7 +17,7 @@ def run() -> None:
     configure_logging("mock-meta", settings.log)
     _quiet_smtp_transcript()
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(app, host=settings.mock_meta.host, port=settings.mock_meta.port, log_config=None)
 
 
 def _quiet_smtp_transcript() -> None:

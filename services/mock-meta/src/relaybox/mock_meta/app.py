@@ -47,8 +47,8 @@ def sink_lifespan(sink: SmtpSink) -> Callable[[Litestar], AbstractAsyncContextMa
 
 
 def create_app(settings: MockMetaSettings, sink: SmtpSink | None = None) -> Litestar:
-    """Build the app; it owns a sink made from `settings.smtp` unless one is injected."""
-    smtp_sink = sink if sink is not None else SmtpSink(settings.smtp)
+    """Build the app; it owns a sink made from `settings.smtp_sink` unless one is injected."""
+    smtp_sink = sink if sink is not None else SmtpSink(settings.smtp_sink)
     return Litestar(
         route_handlers=[health, build_smtp_router(smtp_sink)],
         lifespan=[sink_lifespan(smtp_sink)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from relaybox.common.settings import ServiceSettings
+from relaybox.common.settings import HttpServerSettings, ServiceSettings
 
 
 class SmtpSinkSettings(BaseModel):
@@ -20,6 +20,5 @@ class SmtpSinkSettings(BaseModel):
 class MockMetaSettings(ServiceSettings):
     """Everything `python -m relaybox.mock_meta` reads from `RELAYBOX_*` variables."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=4000, ge=0, le=65535, description="HTTP port")
-    smtp: SmtpSinkSettings = SmtpSinkSettings()
+    mock_meta: HttpServerSettings = HttpServerSettings(port=4000)
+    smtp_sink: SmtpSinkSettings = SmtpSinkSettings()

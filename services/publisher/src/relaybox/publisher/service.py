@@ -17,7 +17,7 @@ async def serve(settings: PublisherSettings) -> None:
     """Run one publisher replica until SIGTERM/SIGINT, then finish the batch in flight and close."""
     relay = Relay(settings)
     await relay.start()
-    health = HealthServer(settings.http, relay.ready)
+    health = HealthServer(settings.publisher, relay.ready)
     await health.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

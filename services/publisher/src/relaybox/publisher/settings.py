@@ -17,5 +17,5 @@ class PublisherSettings(ServiceSettings):
     retry_backoff_s: float = Field(default=1.0, gt=0, description="first delay after a nack/return")
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     metrics_interval_s: float = Field(default=5.0, gt=0)
-    http: HttpServerSettings = HttpServerSettings(port=9101)
+    publisher: HttpServerSettings = HttpServerSettings(port=9101)
     faults: FaultSettings = FaultSettings()
