@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.broker import connect
-from relaybox.common.messaging.topology import Topology
+from relaybox.common.messaging.topology import Topology, message_count
 from relaybox.consumer import metrics
 from relaybox.consumer.errors import PoisonMessageError
 from relaybox.consumer.settings import ConsumerSettings
@@ -117,12 +117,19 @@ class Worker:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def run_until_idle(self, *, idle_rounds: int = 3, interval_s: float = 0.05) -> None:
-        """Return once nothing is in flight and the work and retry queues stay empty (tests)."""
-        quiet = 0
-        while quiet < idle_rounds:
-            await asyncio.sleep(interval_s)
-            quiet = quiet + 1 if not self._tasks and await self._queues_empty() else 0
+    async def run_until_idle(
+        self, *, idle_rounds: int = 3, interval_s: float = 0.05, limit_s: float = 60.0
+    ) -> None:
+        """Return once nothing is in flight and the work and retry queues stay empty.
+
+        Lets tests and batch jobs stop the worker deterministically; raises TimeoutError if the
+        queues are still busy after `limit_s`.
+        """
+        async with asyncio.timeout(limit_s):
+            quiet = 0
+            while quiet < idle_rounds:
+                await asyncio.sleep(interval_s)
+                quiet = quiet + 1 if not self._tasks and await self._queues_empty() else 0
 
     async def refresh_dlq_metrics(self) -> None:
         """Read every DLQ's depth into the gauge."""
@@ -130,16 +137,14 @@ class Worker:
             return
         for route in self.handlers:
             name = self.topology.dead_letter_queue(route)
-            queue = await self._channel.declare_queue(name, passive=True)
-            metrics.DLQ_DEPTH.labels(name).set(queue.declaration_result.message_count or 0)
+            metrics.DLQ_DEPTH.labels(name).set(await message_count(self._channel, name))
 
     async def _queues_empty(self) -> bool:
         assert self._channel is not None
         names = [self.topology.queue(r) for r in self.handlers]
         names += [self.topology.retry_queue(d) for d in self.topology.retry_delays_ms]
         for name in names:
-            queue = await self._channel.declare_queue(name, passive=True)
-            if queue.declaration_result.message_count:
+            if await message_count(self._channel, name):
                 return False
         return True
 

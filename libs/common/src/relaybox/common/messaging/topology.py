@@ -15,6 +15,16 @@ EMAIL_SEND = "email.send"
 ROUTES: tuple[str, ...] = (EMAIL_SEND,)
 
 
+async def message_count(channel: AbstractChannel, queue: str) -> int:
+    """Ready messages in a queue, read fresh from the broker.
+
+    (A robust channel answers a passive `declare_queue` from its cache, with a stale count.)
+    """
+    underlay = await channel.get_underlay_channel()
+    result = await underlay.queue_declare(queue=queue, passive=True)
+    return result.message_count or 0
+
+
 @dataclass(frozen=True)
 class Topology:
     """Names and declarations derived from the broker settings."""

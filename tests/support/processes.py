@@ -1,0 +1,49 @@
+"""Run relaybox services as real subprocesses (for kill/crash tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from relaybox.common.faults import CRASH_EXIT_CODE
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
+
+__all__ = ["CRASH_EXIT_CODE", "service_env", "start_service", "wait_exit"]
+
+
+def service_env(db: DatabaseSettings, broker: BrokerSettings, **overrides: Any) -> dict[str, str]:
+    """The environment of a service process pointed at the test database and topology."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBOX_")}
+    env.update(
+        {
+            "RELAYBOX_DATABASE__URL": db.url,
+            "RELAYBOX_BROKER__URL": broker.url,
+            "RELAYBOX_BROKER__TOPOLOGY_PREFIX": broker.topology_prefix,
+            "RELAYBOX_BROKER__RETRY_DELAYS_MS": json.dumps(broker.retry_delays_ms),
+            "RELAYBOX_BROKER__DELIVERY_LIMIT": str(broker.delivery_limit),
+            "RELAYBOX_PUBLISHER__PORT": "0",
+            "RELAYBOX_CONSUMER__PORT": "0",
+            "RELAYBOX_LOG__LEVEL": "WARNING",
+        }
+    )
+    env.update({f"RELAYBOX_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
+
+
+async def start_service(module: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, env=env, stdin=asyncio.subprocess.DEVNULL
+    )
+
+
+async def wait_exit(process: asyncio.subprocess.Process, timeout: float = 30.0) -> int:
+    """Wait for the process to end on its own (a fail point); kill it if it overstays."""
+    try:
+        return await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"process did not exit within {timeout}s") from None
