@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev group
+import jsonschema  # no stubs in the dev group
 import pytest
 import yaml
 from pydantic import BaseModel

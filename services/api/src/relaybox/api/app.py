@@ -7,23 +7,25 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import Client, check_secret, jwt_auth
 from relaybox.api.emails.controller import EmailController
-from relaybox.api.errors import ApiError, to_problem
+from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
 from relaybox.api.health import health, ready
-from relaybox.api.middleware import request_id_middleware
+from relaybox.api.middleware import echo_request_id, request_id_middleware
 from relaybox.api.settings import ApiSettings
 from relaybox.common.db.session import create_engine, session_factory
 from relaybox.common.observability.tracing import configure_tracing
@@ -47,10 +49,6 @@ def _rate_limit(settings: ApiSettings) -> RateLimitConfig:
         identifier_for_request=_client_or_address,
         check_throttle_handler=lambda request: bool(request.route_handler.opt.get("rate_limited")),
     )
-
-
-def _api_error_handler(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return to_problem(exc).to_response(request)
 
 
 def create_app(
@@ -81,9 +79,13 @@ def create_app(
     auth = jwt_auth(settings)
 
     def on_app_init(config: AppConfig) -> AppConfig:
-        return auth.on_app_init(config)
+        config = auth.on_app_init(config)  # puts the JWT middleware first
+        config.middleware.remove(request_id_middleware)  # the request id wraps even a 401
+        config.middleware.insert(0, request_id_middleware)
+        return config
 
     return Litestar(
+        logging_config=None,  # relaybox.common.observability.logging owns the root logger
         route_handlers=[health, ready, PrometheusController, EmailController],
         lifespan=[lifespan],
         state=State({"engine": db_engine}),
@@ -94,11 +96,19 @@ def create_app(
             "clock": Provide(lambda: clock, sync_to_thread=False),
         },
         middleware=[request_id_middleware, prometheus.middleware, _rate_limit(settings).middleware],
+        before_send=[echo_request_id],
         plugins=[
-            ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True)),
+            ProblemDetailsPlugin(
+                ProblemDetailsConfig(
+                    exception_to_problem_detail_map={
+                        HTTPException: http_problem,
+                        ApiError: to_problem,
+                    }
+                )
+            ),
             OpenTelemetryPlugin(OpenTelemetryConfig()),
         ],
-        exception_handlers={ApiError: _api_error_handler},
+        exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: internal_error},
         openapi_config=OpenAPIConfig(
             title="relaybox",
             version="0.1.0",

@@ -8,7 +8,7 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.security.jwt import JWTAuth, Token
 
@@ -49,10 +49,13 @@ def check_secret(settings: ApiSettings) -> None:
 
 
 async def _retrieve_client(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
+    """The caller; `scopes` is a list of strings or one space-separated string (else a 401)."""
     scopes = token.extras.get("scopes", [])
     if isinstance(scopes, str):
         scopes = scopes.split()
-    return Client(id=token.sub, scopes=frozenset(str(s) for s in scopes))
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise NotAuthorizedException("Invalid token: 'scopes' must be a list of strings")
+    return Client(id=token.sub, scopes=frozenset(scopes))
 
 
 def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:

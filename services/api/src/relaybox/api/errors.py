@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    SerializationException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from relaybox.common.errors import RelayboxError
+
+# Litestar's own wording is the bare status phrase for these; say what to do instead.
+_DEFAULT_DETAILS = {
+    401: "a valid bearer token is required (Authorization: Bearer <JWT>)",
+    403: "this token is not allowed to do that",
+    404: "no such resource",
+    405: "this method is not allowed on this path",
+    429: "too many requests; retry after the number of seconds in Retry-After",
+}
+_VALUE_ERROR_PREFIX = "Value error, "
 
 
 class ApiError(RelayboxError):
@@ -44,3 +62,56 @@ def to_problem(exc: ApiError) -> ProblemDetailsException:
         detail=exc.detail,
         extra=exc.extra or None,
     )
+
+
+def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
+    """Litestar's validation messages as `{field, message}` (the body's own fields by name)."""
+    errors: list[dict[str, str]] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        field = str(item.get("key", "")) or "body"
+        message = str(item.get("message", "invalid value")).removeprefix(_VALUE_ERROR_PREFIX)
+        if field == "data" and item.get("source") == "body":  # no body at all
+            field, message = "body", "a JSON object is required"
+        errors.append({"field": field, "message": message})
+    return errors
+
+
+def http_problem(exc: HTTPException) -> ProblemDetailsException:
+    """Any Litestar HTTP error (validation, auth, rate limit, routing) as problem details:
+    the status phrase as title, a clear `detail`, and `field`/`errors` naming the input at fault."""
+    status = exc.status_code
+    headers = dict(exc.headers or {})
+    phrase = HTTPStatus(status).phrase
+    detail = exc.detail
+    if not detail or detail == phrase:
+        detail = _DEFAULT_DETAILS.get(status, phrase)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and (errors := _field_errors(exc)):
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        extra = {"field": errors[0]["field"], "errors": errors}
+    elif isinstance(exc.__cause__, SerializationException):
+        detail = f"the request body is not valid JSON: {exc.detail}"
+        extra = {"field": "body"}
+    if status == HTTPStatus.UNAUTHORIZED:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    if isinstance(exc, TooManyRequestsException):
+        reset = headers.get("RateLimit-Reset", "60")
+        headers["Retry-After"] = str(max(1, int(reset))) if reset.isdigit() else "60"
+    return ProblemDetailsException(
+        status_code=status,
+        title=phrase,
+        detail=detail,
+        headers=headers or None,
+        extra=extra or None,
+    )
+
+
+def internal_error(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
+    """A 5xx is a bug: problem details that reveal nothing of the exception (may hold secrets)."""
+    return ProblemDetailsException(
+        status_code=500,
+        title=HTTPStatus.INTERNAL_SERVER_ERROR.phrase,
+        detail="an unexpected error occurred; quote the X-Request-ID when reporting it",
+    ).to_response(request)

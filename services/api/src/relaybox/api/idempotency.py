@@ -37,8 +37,17 @@ def validate_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not _VALID_KEY.match(key):
-        raise ApiError(f"{HEADER} must be 1-255 visible ASCII characters", field=HEADER.lower())
+        raise ApiError(f"{HEADER} must be 1-255 visible ASCII characters", field=HEADER)
     return key
+
+
+def lock_key(client_id: str, scope: str, key: str) -> str:
+    """The text whose `hashtextextended` names the advisory lock of one key.
+
+    PostgreSQL text cannot hold NUL, so the parts are joined with the unit separator (a key is
+    visible ASCII and the scope is ours, so the parts stay unambiguous).
+    """
+    return f"{client_id}\x1f{scope}\x1f{key}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class Idempotency:
         """Lock the key for this transaction; the stored response if the key was used before."""
         locked = await session.scalar(
             text("SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": f"{self.client_id}\x00{self.scope}\x00{self.key}"},
+            {"k": lock_key(self.client_id, self.scope, self.key)},
         )
         if not locked:
             raise ConflictError(

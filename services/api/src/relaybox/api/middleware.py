@@ -8,39 +8,65 @@ import time
 import uuid
 
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relaybox.common.observability.logging import request_id_var
 
 log = logging.getLogger("relaybox.api.access")
 REQUEST_ID_HEADER = b"x-request-id"
+_STATE_KEY = "relaybox_request_id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def _request_id(scope: Scope) -> str:
+    """The caller's well-formed X-Request-ID, else a new one; the same one for the whole request."""
+    state = scope.setdefault("state", {})
+    if (known := state.get(_STATE_KEY)) is not None:
+        return str(known)
+    incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
+    request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+    state[_STATE_KEY] = request_id
+    return request_id
+
+
+async def echo_request_id(message: Message, scope: Scope) -> None:
+    """`before_send` hook: every HTTP response carries X-Request-ID, including the ones made by
+    an exception raised in a middleware (401, 429) or by the router (404)."""
+    if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP:
+        return
+    headers = list(message.get("headers", []))
+    if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
+        headers.append((REQUEST_ID_HEADER, _request_id(scope).encode()))
+        message["headers"] = headers
+
+
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Take a well-formed X-Request-ID or make one; echo it; log method, path, status, duration."""
+    """Take a well-formed X-Request-ID or make one; log method, path, status, duration.
+
+    Runs outermost, so an exception raised further in (a 401 from the JWT middleware) is
+    logged with its status; `echo_request_id` puts the id on the response.
+    """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
-        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
+        token = request_id_var.set(_request_id(scope))
         started = time.perf_counter()
         status = 500
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                message["headers"] = headers
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_status)
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
         finally:
             log.info(
                 "request",

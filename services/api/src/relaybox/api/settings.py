@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from relaybox.common.settings import HttpServerSettings, ServiceSettings
 
-PLACEHOLDER_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode
+# Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
+PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
 
 
 class AuthSettings(BaseModel):

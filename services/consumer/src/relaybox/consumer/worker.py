@@ -106,7 +106,7 @@ class Worker:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - readiness reports, it does not raise
             return False
         return True
 

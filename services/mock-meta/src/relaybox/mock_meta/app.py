@@ -50,6 +50,7 @@ def create_app(settings: MockMetaSettings, sink: SmtpSink | None = None) -> Lite
     """Build the app; it owns a sink made from `settings.smtp_sink` unless one is injected."""
     smtp_sink = sink if sink is not None else SmtpSink(settings.smtp_sink)
     return Litestar(
+        logging_config=None,  # relaybox.common.observability.logging owns the root logger
         route_handlers=[health, build_smtp_router(smtp_sink)],
         lifespan=[sink_lifespan(smtp_sink)],
         state=State({"smtp_sink": smtp_sink}),

@@ -31,7 +31,7 @@ def health_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> Lit
     def metrics() -> Response[bytes]:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Litestar([health, ready_handler, metrics], openapi_config=None)
+    return Litestar([health, ready_handler, metrics], openapi_config=None, logging_config=None)
 
 
 class EmbeddedServer(uvicorn.Server):

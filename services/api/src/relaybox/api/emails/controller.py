@@ -49,7 +49,7 @@ class EmailController(Controller):
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
         idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False, max_length=255)
+            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
         ] = None,
     ) -> Response[Accepted]:
         client: Client = request.user
@@ -90,8 +90,8 @@ class EmailController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         status: Annotated[EmailStatus | None, QueryParameter()] = None,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        since: Annotated[str | None, QueryParameter(name="from")] = None,  # parse_bound checks
+        until: Annotated[str | None, QueryParameter(name="to")] = None,
     ) -> EmailLogPage:
         zone = ZoneInfo(settings.timezone)
         query = service.LogQuery(

@@ -8,9 +8,10 @@ from typing import Literal
 
 import msgspec
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_BODY = 10_000
+_CONTROL = {chr(c) for c in (*range(0x20), 0x7F)}
 EmailStatus = Literal["PENDING", "SENDING", "SENT", "FAILED"]
 
 
@@ -29,7 +30,7 @@ class SendEmailRequest(BaseModel):
     to: str = Field(max_length=320, examples=["user@example.com"])
     subject: str = Field(min_length=1, max_length=255)
     text: str | None = Field(default=None, min_length=1, max_length=MAX_BODY)
-    html: str | None = Field(default=None, min_length=1, max_length=MAX_BODY)
+    html: str | None = Field(default=None, min_length=1, max_length=MAX_BODY, validate_default=True)
     from_: str | None = Field(default=None, alias="from", max_length=320)
 
     @field_validator("to", "from_")
@@ -44,13 +45,24 @@ class SendEmailRequest(BaseModel):
             raise ValueError("subject must not be blank")
         if "\r" in value or "\n" in value:
             raise ValueError("subject must be a single line")
+        if _CONTROL.intersection(value):
+            raise ValueError("subject must not contain control characters")
         return value
 
-    @model_validator(mode="after")
-    def _has_body(self) -> SendEmailRequest:
-        if self.text is None and self.html is None:
+    @field_validator("text", "html")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("html")
+    @classmethod
+    def _has_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Runs even when `html` is absent (validate_default); names the field at fault."""
+        if value is None and "text" in info.data and info.data["text"] is None:
             raise ValueError("at least one of 'text' and 'html' is required")
-        return self
+        return value
 
 
 class Accepted(msgspec.Struct, rename="camel"):

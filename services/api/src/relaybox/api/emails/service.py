@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 from sqlalchemy import Select, and_, func, insert, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -73,11 +74,9 @@ async def accept_email(
 
 
 def _to_json(accepted: Accepted) -> dict[str, Any]:
-    return {
-        "id": str(accepted.id),
-        "status": accepted.status,
-        "createdAt": accepted.created_at.isoformat(),
-    }
+    """Encoded as every other response is (`createdAt` reads the same here and in the log)."""
+    body: dict[str, Any] = msgspec.to_builtins(accepted)
+    return body
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ async def email_log(
     rows = list((await session.scalars(stmt.limit(query.limit + 1))).all())
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    total = await session.scalar(_filtered(query).with_only_columns(func.count()).order_by(None))
+    total = await session.scalar(select(func.count()).select_from(_filtered(query).subquery()))
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     return EmailLogPage(
         data=[_item(r) for r in rows],

@@ -1,0 +1,71 @@
+# relaybox — every operator entry point. `make help` lists them.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV ?= uv
+RUN := $(UV) run --frozen
+PY_SRC := libs services tests bench
+
+# `make run` development defaults (override any RELAYBOX_* from your environment).
+export RELAYBOX_DEV_MODE ?= true
+export RELAYBOX_LOG__JSON_FORMAT ?= false
+
+
+.DEFAULT_GOAL := help
+.PHONY: help install uv migrate preflight run token test test-fast chaos bench bench-smoke lint fmt typecheck up down
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+uv:
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
+
+install: uv ## install every package and dev tool into .venv (uv, Python 3.11)
+	$(UV) sync --frozen --python python3.11
+
+preflight: install ## check PostgreSQL and RabbitMQ answer at the configured URLs
+	$(RUN) python -m relaybox.common.preflight
+
+migrate: install ## create the database if missing and apply the migrations
+	$(RUN) python -m relaybox.common.db upgrade
+
+token: install ## print a dev bearer token (all scopes)
+	@$(RUN) python -m relaybox.api token --sub dev
+
+run: preflight migrate ## start api, publisher, consumer and mock-meta (honcho), print URLs and a token
+	@echo ""
+	@echo "  API         http://127.0.0.1:3000   (OpenAPI + Swagger UI at /api)"
+	@echo "  mock-meta   http://127.0.0.1:4000   (received emails: /smtp/messages; SMTP sink on :1025)"
+	@echo "  publisher   http://127.0.0.1:9101/metrics   consumer http://127.0.0.1:9102/metrics"
+	@echo "  dev token   $$($(RUN) python -m relaybox.api token --sub dev)"
+	@echo ""
+	$(RUN) honcho start -f Procfile
+
+test: install ## the whole suite against real PostgreSQL and RabbitMQ
+	$(RUN) pytest -q
+
+test-fast: install ## unit tests only
+	$(RUN) pytest -q tests/unit
+
+chaos: install ## crash tests plus the long kill-and-restart soak
+	RELAYBOX_CHAOS_SOAK=1 $(RUN) pytest -q -m chaos tests/chaos --timeout 900
+
+bench: install ## benchmarks (ratios against raw baselines, same script)
+	$(RUN) python -m bench
+
+bench-smoke: install ## a few seconds of each benchmark (CI)
+	$(RUN) python -m bench --quick
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(RUN) ruff check $(PY_SRC)
+	$(RUN) ruff format --check $(PY_SRC)
+	$(RUN) mypy $(PY_SRC)
+
+fmt: install ## apply ruff fixes and formatting
+	$(RUN) ruff check --fix $(PY_SRC)
+	$(RUN) ruff format $(PY_SRC)
+
+up: ## docker compose up (needs a Docker engine)
+	docker compose up --build
+
+down: ## docker compose down
+	docker compose down

@@ -1,0 +1,222 @@
+"""Bearer JWT on /send and the log endpoints: 401 for a missing or bad token, 403 for a scope."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from jwt.warnings import InsecureKeyLengthWarning
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.api.app import create_app
+from relaybox.api.auth import InsecureSecretError, issue_token
+from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings
+from tests.integration.conftest import SECRET
+
+BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi"}
+PROBLEM = "application/problem+json"
+PROTECTED = [
+    ("POST", "/send"),
+    ("POST", "/email/send"),
+    ("GET", "/logs/email"),
+    ("GET", "/email/logs"),
+    ("GET", "/emails/6f1c1c1e-58b4-4a43-9b44-3d0e6f3c6a01"),
+]
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "sub": "test-client",
+        "iat": now,
+        "exp": now + 600,
+        "scopes": ["email:send", "email:read"],
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def signed(secret: str = SECRET, algorithm: str = "HS256", **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), secret, algorithm=algorithm)
+
+
+async def call(
+    client: httpx.AsyncClient, method: str, path: str, authorization: str | None
+) -> httpx.Response:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    if authorization is None:
+        client.headers.pop("Authorization", None)
+    kwargs: dict[str, Any] = {"json": BODY} if method == "POST" else {}
+    return await client.request(method, path, headers=headers, **kwargs)
+
+
+def assert_401(response: httpx.Response, *secrets: str) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    problem = response.json()
+    assert problem["status"] == 401
+    assert problem["detail"]
+    for secret in secrets:
+        assert secret not in response.text
+        assert all(secret not in value for value in response.headers.values())
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+async def test_no_token_is_401(
+    client: httpx.AsyncClient, engine: AsyncEngine, method: str, path: str
+) -> None:
+    assert_401(await call(client, method, path, None))
+
+
+def _bad_tokens() -> list[tuple[str, str]]:
+    now = int(time.time())
+    unsigned = jwt.encode(claims(), key=None, algorithm="none")  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)  # the secret is short for HS512
+        hs512 = signed(algorithm="HS512")
+    return [
+        ("garbage", "Bearer not-a-jwt"),
+        ("empty bearer", "Bearer "),
+        ("bare token, no scheme", signed()),
+        ("expired", "Bearer " + signed(iat=now - 7200, exp=now - 3600)),
+        ("another secret", "Bearer " + signed(secret="another-secret-that-is-long-enough-32b")),
+        ("alg none", "Bearer " + unsigned),
+        ("HS512", "Bearer " + hs512),
+        ("no exp", "Bearer " + signed(exp=None)),
+        ("no sub", "Bearer " + signed(sub=None)),
+        ("tampered", "Bearer " + signed()[:-4] + "AAAA"),
+    ]
+
+
+BAD_TOKENS = _bad_tokens()
+
+
+@pytest.mark.parametrize(
+    "authorization", [t[1] for t in BAD_TOKENS], ids=[t[0] for t in BAD_TOKENS]
+)
+async def test_bad_token_is_401_and_not_echoed(
+    client: httpx.AsyncClient, engine: AsyncEngine, authorization: str
+) -> None:
+    token = authorization.removeprefix("Bearer ")
+    for method, path in (("POST", "/send"), ("GET", "/logs/email")):
+        response = await call(client, method, path, authorization)
+        assert_401(response, *([token] if len(token) > 8 else []), SECRET)
+
+
+async def test_expired_token_made_by_issue_token_is_401(
+    client: httpx.AsyncClient, api_settings: ApiSettings
+) -> None:
+    token = jwt.encode(
+        {**jwt.decode(issue_token(api_settings, "c"), SECRET, algorithms=["HS256"]), "exp": 1},
+        SECRET,
+        algorithm="HS256",
+    )
+    assert_401(await call(client, "GET", "/logs/email", f"Bearer {token}"), token)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "method", "path", "missing"),
+    [
+        (["email:read"], "POST", "/send", "email:send"),
+        (["email:read"], "POST", "/email/send", "email:send"),
+        (["email:send"], "GET", "/logs/email", "email:read"),
+        (["email:send"], "GET", "/email/logs", "email:read"),
+        (["email:send"], "GET", "/emails/6f1c1c1e-58b4-4a43-9b44-3d0e6f3c6a01", "email:read"),
+        ([], "POST", "/send", "email:send"),
+        (["email:*"], "GET", "/logs/email", "email:read"),
+    ],
+)
+async def test_missing_scope_is_403_naming_it(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    scopes: list[str],
+    method: str,
+    path: str,
+    missing: str,
+) -> None:
+    response = await call(client, method, path, "Bearer " + signed(scopes=scopes))
+    assert response.status_code == 403, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert missing in response.json()["detail"]
+
+
+async def test_scopes_as_a_space_separated_string(client: httpx.AsyncClient) -> None:
+    token = signed(scopes="email:read email:send")
+    assert (await call(client, "GET", "/logs/email", f"Bearer {token}")).status_code == 200
+    assert (await call(client, "POST", "/send", f"Bearer {token}")).status_code == 202
+
+
+@pytest.mark.parametrize("scopes", [5, {"email:send": True}, [1, 2], [None]], ids=repr)
+async def test_malformed_scopes_claim_is_a_401_not_a_500(
+    client: httpx.AsyncClient, scopes: Any
+) -> None:
+    token = signed(scopes=scopes)
+    assert_401(await call(client, "POST", "/send", f"Bearer {token}"), token)
+
+
+async def test_token_without_scopes_is_403(client: httpx.AsyncClient) -> None:
+    response = await call(client, "GET", "/logs/email", "Bearer " + signed(scopes=None))
+    assert response.status_code == 403, response.text
+
+
+async def test_scope_limited_token_works_where_allowed(
+    client: httpx.AsyncClient, api_settings: ApiSettings
+) -> None:
+    sender = issue_token(api_settings, "sender", scopes=("email:send",))
+    reader = issue_token(api_settings, "reader", scopes=("email:read",))
+    sent = await call(client, "POST", "/send", f"Bearer {sender}")
+    assert sent.status_code == 202, sent.text
+    read = await call(client, "GET", f"/emails/{sent.json()['id']}", f"Bearer {reader}")
+    assert read.status_code == 200, read.text
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics", "/api", "/api/openapi.json"])
+async def test_public_paths_need_no_token(client: httpx.AsyncClient, path: str) -> None:
+    client.headers.pop("Authorization", None)
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+
+
+# --- the secret ------------------------------------------------------------------------------
+
+
+def test_placeholder_secret_is_refused_outside_dev_mode(
+    api_settings: ApiSettings, engine: AsyncEngine
+) -> None:
+    settings = api_settings.model_copy(update={"auth": AuthSettings(jwt_secret=PLACEHOLDER_SECRET)})
+    with pytest.raises(InsecureSecretError) as raised:
+        create_app(settings, engine=engine)
+    assert PLACEHOLDER_SECRET not in str(raised.value)
+
+
+def test_short_secret_is_refused_outside_dev_mode(
+    api_settings: ApiSettings, engine: AsyncEngine
+) -> None:
+    settings = api_settings.model_copy(update={"auth": AuthSettings(jwt_secret="short-secret")})
+    with pytest.raises(InsecureSecretError) as raised:
+        create_app(settings, engine=engine)
+    assert "short-secret" not in str(raised.value)
+
+
+async def test_placeholder_secret_is_allowed_in_dev_mode(
+    api_settings: ApiSettings, engine: AsyncEngine
+) -> None:
+    settings = api_settings.model_copy(
+        update={"dev_mode": True, "auth": AuthSettings(jwt_secret=PLACEHOLDER_SECRET)}
+    )
+    app = create_app(settings, engine=engine)
+    token = issue_token(settings, "dev")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+        base_url="http://relaybox.test",
+    ) as dev:
+        ok = await dev.get("/logs/email", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text
+        # a token of the test secret is not one of the dev app's
+        other = signed()
+        assert_401(await dev.get("/logs/email", headers={"Authorization": f"Bearer {other}"}))
