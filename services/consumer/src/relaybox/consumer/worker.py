@@ -60,7 +60,9 @@ class Worker:
     async def start(self, *, connect_attempts: int | None = None) -> None:
         """Connect, declare the topology and start consuming every handler's queue."""
         self._connection = await connect(
-            self.settings.broker.url, attempts=connect_attempts, name="relaybox-consumer"
+            self.settings.broker.url,
+            attempts=connect_attempts,
+            name=f"relaybox-consumer {self.topology.prefix}".strip(),
         )
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.prefetch)

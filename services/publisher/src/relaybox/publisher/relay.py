@@ -92,7 +92,9 @@ class Relay:
     async def start(self, *, connect_attempts: int | None = None) -> None:
         """Connect to the broker, declare the topology and start listening for NOTIFY."""
         self._connection = await connect(
-            self.settings.broker.url, attempts=connect_attempts, name="relaybox-publisher"
+            self.settings.broker.url,
+            attempts=connect_attempts,
+            name=f"relaybox-publisher {self.topology.prefix}".strip(),
         )
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
