@@ -7,16 +7,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
-import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.migrate import upgrade
-from relaybox.common.db.session import asyncpg_dsn, create_engine
+from relaybox.common.db.session import create_engine
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from tests.support.databases import drop_database
 from tests.support.servers import Servers, locate
 
 RUN = uuid.uuid4().hex[:8]
@@ -36,16 +36,7 @@ def database_url(servers: Servers) -> Iterator[str]:
     rendered = url.render_as_string(hide_password=False)
     upgrade(rendered)
     yield rendered
-
-    async def drop() -> None:
-        admin = asyncpg_dsn(url.set(database="postgres").render_as_string(hide_password=False))
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    drop_database(rendered)
 
 
 @pytest.fixture(scope="session")
