@@ -20,7 +20,15 @@ from tests.support.databases import drop_database
 from tests.support.servers import Servers, locate
 
 RUN = uuid.uuid4().hex[:8]
-TABLES = ("outbox", "emails", "idempotency_keys")
+TABLES = (
+    "outbox",
+    "emails",
+    "idempotency_keys",
+    "messages",
+    "conversations",
+    "webhook_events",
+    "rate_limits",
+)
 
 
 @pytest.fixture(scope="session")

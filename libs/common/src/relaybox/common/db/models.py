@@ -11,15 +11,17 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     func,
-    text,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -61,7 +63,7 @@ class Outbox(Base):
     destination: Mapped[str] = mapped_column(String(64), server_default="work")
     routing_key: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]]
-    headers: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    headers: Mapped[dict[str, Any]] = mapped_column(server_default=sql_text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     available_at: Mapped[datetime] = mapped_column(server_default=func.now())
     publish_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -111,3 +113,112 @@ class IdempotencyKey(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+CHANNELS = ("whatsapp", "instagram")
+MESSAGE_STATUSES = ("RECEIVED", "PENDING", "SENDING", "SENT", "DELIVERED", "READ", "FAILED")
+
+
+class Conversation(Base):
+    """A customer thread on one channel; one per (channel, participant)."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    participant_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(8), server_default="open")
+    unread_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_message_at: Mapped[datetime | None]
+    last_message_preview: Mapped[str | None] = mapped_column(String(200))
+    last_read_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("channel", "participant_id"),
+        CheckConstraint("channel IN ('whatsapp', 'instagram')", name="channel_known"),
+        CheckConstraint("status IN ('open', 'closed')", name="status_known"),
+        CheckConstraint("unread_count >= 0", name="unread_not_negative"),
+        Index("ix_conversations_last_message_at_id", "last_message_at", "id"),
+    )
+
+
+class Message(Base):
+    """One inbound or outbound Meta-like message; outbound ones follow the delivery machine."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("conversations.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16))
+    participant_id: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    client_message_id: Mapped[str | None] = mapped_column(String(255))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    provider_event_id: Mapped[str | None] = mapped_column(String(255))
+    sort_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("channel", "client_message_id"),
+        CheckConstraint("direction IN ('inbound', 'outbound')", name="direction_known"),
+        CheckConstraint(
+            "status IN ('RECEIVED', 'PENDING', 'SENDING', 'SENT', 'DELIVERED', 'READ', 'FAILED')",
+            name="status_known",
+        ),
+        Index("ix_messages_conversation_id_sort_at", "conversation_id", "sort_at"),
+        Index(
+            "ix_messages_provider_message_id",
+            "provider_message_id",
+            unique=True,
+            postgresql_where=sql_text("provider_message_id IS NOT NULL"),
+        ),
+        Index("ix_messages_status_updated_at", "status", "updated_at"),
+    )
+
+
+class WebhookEvent(Base):
+    """Every provider event seen once: the unique (provider, event_id) makes webhooks idempotent."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str | None] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    applied_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id"),
+        Index(
+            "ix_webhook_events_pending_status",
+            "provider_message_id",
+            postgresql_where=sql_text("applied_at IS NULL"),
+        ),
+    )
+
+
+class RateLimit(Base):
+    """GCRA state of one provider limit, shared by every replica."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tat: Mapped[datetime] = mapped_column(server_default=func.now())
+    paused_until: Mapped[datetime | None]

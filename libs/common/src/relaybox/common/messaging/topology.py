@@ -12,7 +12,8 @@ from relaybox.common.settings import BrokerSettings
 
 ATTEMPT_HEADER = "x-attempt"
 EMAIL_SEND = "email.send"
-ROUTES: tuple[str, ...] = (EMAIL_SEND,)
+META_SEND = "meta.send"
+ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND)
 
 
 async def message_count(channel: AbstractChannel, queue: str) -> int:
