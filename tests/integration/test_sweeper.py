@@ -1,0 +1,77 @@
+"""The sweeper re-enqueues stuck rows through the outbox; concurrent sweepers never share a row."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.common.db.session import create_engine
+from relaybox.common.messaging.topology import EMAIL_SEND
+from relaybox.common.settings import DatabaseSettings
+from relaybox.consumer.delivery import DeliveryTable
+from relaybox.consumer.sweeper import Sweeper, SweptRoute
+
+EMAILS = SweptRoute(DeliveryTable("emails"), EMAIL_SEND)
+
+
+async def insert_emails(
+    engine: AsyncEngine, count: int, status: str, lease: str | None, updated: str = "now()"
+) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    async with engine.begin() as conn:
+        for email_id in ids:
+            await conn.execute(
+                text(
+                    "INSERT INTO emails (id, client_id, to_address, from_address, subject, "
+                    "text_body, status, lease_until, updated_at) VALUES (:id, 'c', 'a@b.c', "
+                    f"'r@b.c', 's', 't', :status, {lease or 'NULL'}, {updated})"
+                ),
+                {"id": email_id, "status": status},
+            )
+    return ids
+
+
+async def test_stuck_rows_are_requeued_and_live_ones_left_alone(engine: AsyncEngine) -> None:
+    expired = await insert_emails(engine, 3, "SENDING", "now() - interval '1 second'")
+    await insert_emails(engine, 2, "SENDING", "now() + interval '1 minute'")  # a live lease
+    stale = await insert_emails(engine, 2, "PENDING", None, "now() - interval '1 hour'")
+    await insert_emails(engine, 2, "PENDING", None)  # fresh: its outbox row is on its way
+    await insert_emails(engine, 1, "SENT", None, "now() - interval '1 hour'")
+    swept = await Sweeper(engine, [EMAILS], stale_pending_s=600).sweep_table(EMAILS)
+    assert sorted(swept) == sorted(expired + stale)
+    async with engine.connect() as conn:
+        payloads = (await conn.execute(text("SELECT payload->>'id' FROM outbox"))).scalars().all()
+        statuses = await conn.execute(
+            text("SELECT status FROM emails WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": swept}
+        )
+    assert sorted(payloads) == sorted(swept)
+    assert {s for (s,) in statuses} == {"PENDING"}
+    # A second sweep finds nothing: the bump of updated_at took them off the stale list.
+    assert await Sweeper(engine, [EMAILS], stale_pending_s=600).sweep_table(EMAILS) == []
+
+
+async def test_two_sweepers_never_take_the_same_row(
+    engine: AsyncEngine, db_settings: DatabaseSettings
+) -> None:
+    stuck = await insert_emails(engine, 120, "SENDING", "now() - interval '1 second'")
+    engines = [create_engine(db_settings), create_engine(db_settings)]
+    sweepers = [Sweeper(e, [EMAILS], batch_size=7) for e in engines]
+
+    async def run(sweeper: Sweeper) -> list[str]:
+        taken: list[str] = []
+        while batch := await sweeper.sweep_table(EMAILS):
+            taken += batch
+        return taken
+
+    try:
+        first, second = await asyncio.gather(*(run(s) for s in sweepers))
+    finally:
+        for e in engines:
+            await e.dispose()
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(stuck)
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM outbox")) == 120
