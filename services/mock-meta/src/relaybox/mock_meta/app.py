@@ -1,4 +1,4 @@
-"""The mock-meta Litestar application: health, the SMTP sink routes and their lifespan."""
+"""The mock-meta Litestar application: health, metrics, the SMTP sink and Meta-like routes."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import msgspec
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relaybox.mock_meta.meta_mock import MetaMock
+from relaybox.mock_meta.meta_routes import build_meta_router
 from relaybox.mock_meta.settings import MockMetaSettings
 from relaybox.mock_meta.smtp_routes import build_smtp_router
 from relaybox.mock_meta.smtp_sink import SmtpSink
@@ -27,6 +30,12 @@ class Health(msgspec.Struct, frozen=True):
 async def health() -> Health:
     """The process is up."""
     return Health(status="ok")
+
+
+@get("/metrics", tags=["health"], include_in_schema=False, sync_to_thread=False)
+def metrics() -> Response[bytes]:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def sink_lifespan(sink: SmtpSink) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -46,14 +55,39 @@ def sink_lifespan(sink: SmtpSink) -> Callable[[Litestar], AbstractAsyncContextMa
     return lifespan
 
 
-def create_app(settings: MockMetaSettings, sink: SmtpSink | None = None) -> Litestar:
-    """Build the app; it owns a sink made from `settings.smtp_sink` unless one is injected."""
+def meta_lifespan(meta: MetaMock) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Open the Meta mock's webhook client unless it is open; on stop cancel what runs."""
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        started_here = not meta.running
+        if started_here:
+            await meta.start()
+        try:
+            yield
+        finally:
+            if started_here:
+                await meta.stop()
+
+    return lifespan
+
+
+def create_app(
+    settings: MockMetaSettings, sink: SmtpSink | None = None, meta: MetaMock | None = None
+) -> Litestar:
+    """Build the app; it owns a sink and a Meta mock made from `settings` unless injected."""
     smtp_sink = sink if sink is not None else SmtpSink(settings.smtp_sink)
+    meta_mock = meta if meta is not None else MetaMock(settings.meta)
     return Litestar(
         logging_config=None,  # relaybox.common.observability.logging owns the root logger
-        route_handlers=[health, build_smtp_router(smtp_sink)],
-        lifespan=[sink_lifespan(smtp_sink)],
-        state=State({"smtp_sink": smtp_sink}),
+        route_handlers=[
+            health,
+            metrics,
+            build_smtp_router(smtp_sink),
+            build_meta_router(meta_mock),
+        ],
+        lifespan=[sink_lifespan(smtp_sink), meta_lifespan(meta_mock)],
+        state=State({"smtp_sink": smtp_sink, "meta_mock": meta_mock}),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
         openapi_config=OpenAPIConfig(
             title="relaybox mock-meta",

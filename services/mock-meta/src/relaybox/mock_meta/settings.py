@@ -1,10 +1,12 @@
-"""Settings of the mock-meta service (HTTP server and the development SMTP sink)."""
+"""Settings of the mock-meta service (HTTP server, the SMTP sink and the Meta-like provider)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from relaybox.common.settings import HttpServerSettings, ServiceSettings
+
+DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105 - development default only
 
 
 class SmtpSinkSettings(BaseModel):
@@ -17,8 +19,46 @@ class SmtpSinkSettings(BaseModel):
     )
 
 
+class MetaMockSettings(BaseModel):
+    """The Meta-like (WhatsApp / Instagram) provider: its webhook target and initial behaviour."""
+
+    webhook_url: str = Field(
+        default="http://127.0.0.1:3000/webhooks/mock-meta",
+        pattern=r"^https?://\S+$",
+        description="where status and inbound events are posted (changeable via POST /config)",
+    )
+    webhook_secret: str = Field(
+        default=DEV_WEBHOOK_SECRET,
+        min_length=1,
+        repr=False,
+        description="HMAC-SHA256 key of X-Hub-Signature-256, shared with the gateway",
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_attempts: int = Field(
+        default=4, ge=1, le=20, description="tries per webhook delivery (1 = no retry)"
+    )
+    webhook_backoff_s: float = Field(
+        default=0.5, ge=0, description="delay before the first retry, doubled on each next one"
+    )
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    out_of_order_rate: float = Field(default=0.0, ge=0, le=1)
+    delay_max_ms: int = Field(
+        default=200, ge=0, le=60_000, description="upper bound of each random webhook delay"
+    )
+    rate_limit_per_second: int = Field(default=0, ge=0, description="0 = unlimited")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of simulated 429s")
+    seed: int | None = Field(default=None, description="None: a random seed (shown by /config)")
+    dedupe: bool = False
+    status_events: bool = True
+    max_messages: int = Field(
+        default=10_000, ge=1, description="sent messages kept; the oldest is dropped first"
+    )
+
+
 class MockMetaSettings(ServiceSettings):
     """Everything `python -m relaybox.mock_meta` reads from `RELAYBOX_*` variables."""
 
     mock_meta: HttpServerSettings = HttpServerSettings(port=4000)
     smtp_sink: SmtpSinkSettings = SmtpSinkSettings()
+    meta: MetaMockSettings = MetaMockSettings()
