@@ -11,7 +11,8 @@ export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 
 .DEFAULT_GOAL := help
-.PHONY: help install uv migrate preflight run token test test-fast chaos bench bench-smoke lint fmt typecheck up down
+
+.PHONY: help install uv migrate preflight run seed token test test-fast chaos bench bench-smoke lint fmt typecheck up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +28,9 @@ preflight: install ## check PostgreSQL and RabbitMQ answer at the configured URL
 
 migrate: install ## create the database if missing and apply the migrations
 	$(RUN) python -m relaybox.common.db upgrade
+
+seed: install ## load demo conversations through mock-meta's signed webhooks (needs `make run`)
+	$(RUN) python -m relaybox.mock_meta.seed
 
 token: install ## print a dev bearer token (all scopes)
 	@$(RUN) python -m relaybox.api token --sub dev

@@ -1,0 +1,1 @@
+"""Benchmarks of relaybox against raw baselines (`python -m bench`, `make bench`)."""

@@ -1,0 +1,61 @@
+"""`python -m bench` (what `make bench` runs): every benchmark, one table each, one JSON line.
+
+`--quick` is the few-seconds smoke version CI runs; `--check` exits 1 when a target is missed.
+A benchmark that cannot run at all (server unreachable, a service crashed) exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from bench import api_accept, e2e_latency, relay
+from bench.common import Result, emit_json, render_table
+
+BENCHES: dict[str, Callable[[bool], Result]] = {
+    "api_accept": lambda quick: api_accept.run(quick=quick),
+    "relay": lambda quick: relay.run(quick=quick),
+    "e2e_latency": lambda quick: e2e_latency.run(quick=quick),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is missed (else report only)"
+    )
+    parser.add_argument(
+        "--only", choices=sorted(BENCHES), action="append", help="run only these (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    summary: dict[str, Any] = {"bench": "all", "quick": args.quick, "results": {}}
+    missed = failed = False
+    for name in args.only or list(BENCHES):
+        started = time.monotonic()
+        try:
+            result = BENCHES[name](args.quick)
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the next one
+            traceback.print_exc()
+            summary["results"][name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            failed = True
+            continue
+        render_table(result)
+        summary["results"][name] = {
+            **result.as_json(),
+            "seconds_taken": round(time.monotonic() - started, 1),
+        }
+        missed = missed or not result.ok
+    summary["ok"] = not (missed or failed)
+    emit_json(summary)
+    if failed:
+        return 2
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
