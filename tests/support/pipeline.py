@@ -86,7 +86,8 @@ async def running_pipeline(
 ) -> AsyncIterator[Pipeline]:
     relay = Relay(pub, engine=engine)
     await relay.start(connect_attempts=3)
-    handler = EmailHandler(engine, topology, con, SmtpProvider(con.smtp))
+    provider = SmtpProvider(con.smtp)
+    handler = EmailHandler(engine, topology, con, provider)
     worker = Worker(con, engine, topology, [handler])
     await worker.start(connect_attempts=3)
     pipeline = Pipeline(relay, worker, [asyncio.create_task(relay.run())])
@@ -97,3 +98,4 @@ async def running_pipeline(
         await asyncio.gather(*pipeline.tasks)
         await worker.close()
         await relay.close()
+        await provider.close()

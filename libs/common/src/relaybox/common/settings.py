@@ -14,6 +14,9 @@ class DatabaseSettings(BaseModel):
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relaybox"
     pool_size: int = Field(default=10, ge=1)
     max_overflow: int = Field(default=10, ge=0)
+    pool_pre_ping: bool = Field(
+        default=True, description="test each connection on checkout (survives a DB restart)"
+    )
     echo: bool = False
 
     @field_validator("url")
@@ -66,7 +69,8 @@ class SmtpSettings(BaseModel):
     use_tls: bool = False
     start_tls: bool = False
     timeout_s: float = Field(default=10.0, gt=0)
-    default_from: str = "relaybox@localhost"
+    pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept open and reused")
+    idle_s: float = Field(default=30.0, gt=0, description="reopen a session idle this long")
 
 
 class ServiceSettings(BaseSettings):

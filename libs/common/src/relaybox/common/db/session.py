@@ -18,7 +18,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         settings.url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.pool_pre_ping,
         echo=settings.echo,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -10,6 +12,7 @@ from relaybox.common.providers.base import OutgoingEmail, PermanentError, Retrya
 from relaybox.common.settings import SmtpSettings
 
 MESSAGE_ID_DOMAIN = "relaybox"
+SMTP_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)
 
 
 def message_id_for(email_id: str) -> str:
@@ -39,34 +42,77 @@ def _classify(code: int, message: str) -> RetryableError | PermanentError:
 
 
 class SmtpProvider:
-    """Sends each email over its own SMTP session."""
+    """Sends over a small pool of SMTP sessions that stay open between emails."""
 
     name = "smtp"
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._slots = asyncio.Semaphore(settings.pool_size)
 
     async def send(self, email: OutgoingEmail) -> str:
-        s = self._settings
-        try:
-            await aiosmtplib.send(
-                build_message(email),
-                hostname=s.host,
-                port=s.port,
-                username=s.username,
-                password=s.password,
-                use_tls=s.use_tls,
-                start_tls=s.start_tls,
-                timeout=s.timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            raise _classify(first.code, first.message) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            raise _classify(exc.code, exc.message) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise RetryableError(f"SMTP connection failed: {type(exc).__name__}: {exc}") from None
+        message = build_message(email)
+        async with self._slots:
+            smtp, reused = await self._checkout()
+            try:
+                try:
+                    await smtp.send_message(message)
+                except aiosmtplib.SMTPServerDisconnected:
+                    if not reused:
+                        raise
+                    # The server dropped an idle session: one more try on a fresh one.
+                    smtp.close()
+                    smtp, _ = await self._checkout(fresh=True)
+                    await smtp.send_message(message)
+            except SMTP_ERRORS as exc:
+                smtp.close()
+                raise _translate(exc) from None
+            except BaseException:
+                smtp.close()  # cancelled mid-session: never reuse it
+                raise
+            self._idle.append((smtp, time.monotonic()))
         return message_id_for(email.id)
 
+    async def _checkout(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        """An open session: the most recently used idle one, else a new connection."""
+        now = time.monotonic()
+        while self._idle and not fresh:
+            smtp, last_used = self._idle.pop()
+            if smtp.is_connected and now - last_used < self._settings.idle_s:
+                return smtp, True
+            smtp.close()
+        s = self._settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password,
+            use_tls=s.use_tls,
+            start_tls=s.start_tls,
+            timeout=s.timeout_s,
+        )
+        try:
+            await smtp.connect()
+        except SMTP_ERRORS as exc:
+            smtp.close()
+            raise _translate(exc) from None
+        return smtp, False
+
     async def close(self) -> None:
-        return None
+        while self._idle:
+            smtp, _ = self._idle.pop()
+            try:
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+
+
+def _translate(exc: Exception) -> RetryableError | PermanentError:
+    """An aiosmtplib or network failure as a provider error."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        first = exc.recipients[0]
+        return _classify(first.code, first.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _classify(exc.code, exc.message)
+    return RetryableError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
