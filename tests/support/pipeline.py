@@ -13,11 +13,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
+from relaybox.common.providers.meta import MetaProvider
 from relaybox.common.providers.smtp import SmtpProvider
+from relaybox.common.ratelimit import RateLimiter
 from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
 from relaybox.consumer.handlers.email import EmailHandler
+from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.settings import ConsumerSettings
-from relaybox.consumer.worker import Worker
+from relaybox.consumer.worker import Handler, Worker
 from relaybox.publisher.relay import Relay
 from relaybox.publisher.settings import PublisherSettings
 
@@ -84,11 +87,17 @@ async def running_pipeline(
     pub: PublisherSettings,
     con: ConsumerSettings,
 ) -> AsyncIterator[Pipeline]:
+    """Publisher + consumer (email and Meta handlers, wired as the consumer service wires them)."""
     relay = Relay(pub, engine=engine)
     await relay.start(connect_attempts=3)
     provider = SmtpProvider(con.smtp)
-    handler = EmailHandler(engine, topology, con, provider)
-    worker = Worker(con, engine, topology, [handler])
+    meta = MetaProvider(con.meta)
+    limiter = RateLimiter(engine, META_LIMIT_KEY, con.meta.rate_per_second)
+    handlers: list[Handler] = [
+        EmailHandler(engine, topology, con, provider),
+        MetaHandler(engine, topology, con, meta, limiter),
+    ]
+    worker = Worker(con, engine, topology, handlers)
     await worker.start(connect_attempts=3)
     pipeline = Pipeline(relay, worker, [asyncio.create_task(relay.run())])
     try:
@@ -99,3 +108,4 @@ async def running_pipeline(
         await worker.close()
         await relay.close()
         await provider.close()
+        await meta.close()

@@ -22,6 +22,7 @@ from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
 from relaybox.common.providers.base import PermanentError, RetryableError
+from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer import metrics
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.errors import PoisonMessageError
@@ -46,10 +47,17 @@ class SendingHandler(ABC):
     table: DeliveryTable
     provider_name: str
 
-    def __init__(self, engine: AsyncEngine, topology: Topology, settings: ConsumerSettings) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        topology: Topology,
+        settings: ConsumerSettings,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.topology = topology
         self.settings = settings
+        self.limiter = limiter
 
     @abstractmethod
     async def send(self, row: dict[str, Any]) -> str:
@@ -62,9 +70,17 @@ class SendingHandler(ABC):
         except (KeyError, TypeError):
             raise PoisonMessageError("message has no 'id'") from None
 
+    async def after_sent(  # noqa: B027 - an optional hook, empty by default
+        self, conn: AsyncConnection, row_id: Any, provider_id: str
+    ) -> None:
+        """Extra work in the transaction that records SENT (none by default)."""
+
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """Process one delivery; returns the outcome label. Safe to call twice for one message."""
         row_id = self.row_id(payload)
+        if self.limiter is not None:
+            # Wait for a global slot before claiming, so the wait never eats into the lease.
+            await self.limiter.acquire()
         row = await self.in_tx(lambda c: self.table.claim(c, row_id, self.settings.lease_s))
         if row is None:
             return await self._not_claimed(row_id, payload, headers)
@@ -74,6 +90,8 @@ class SendingHandler(ABC):
             provider_id = await self.send(row)
         except RetryableError as exc:
             self._observe(started, "retryable")
+            if self.limiter is not None and exc.retry_after:
+                await self.limiter.pause(exc.retry_after)  # every replica waits it out
             return await self._retry_or_fail(row, payload, headers, exc)
         except PermanentError as exc:
             self._observe(started, "permanent")
@@ -83,7 +101,12 @@ class SendingHandler(ABC):
             return "failed"
         self._observe(started, "accepted")
         failpoint(f"{self.route}.after_send", self.settings.faults)
-        await self.in_tx(lambda c: self.table.mark_sent(c, row_id, provider_id))
+
+        async def record(conn: AsyncConnection) -> None:
+            if await self.table.mark_sent(conn, row_id, provider_id):
+                await self.after_sent(conn, row_id, provider_id)
+
+        await self.in_tx(record)
         metrics.ATTEMPTS.labels(self.route, "SENT").observe(row["attempts"])
         return "sent"
 

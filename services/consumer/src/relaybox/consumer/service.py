@@ -6,14 +6,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from dataclasses import dataclass
+from typing import Protocol
 
 from relaybox.common.db.session import create_engine
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
 from relaybox.common.providers.base import EmailProvider
+from relaybox.common.providers.meta import MetaProvider
 from relaybox.common.providers.smtp import SmtpProvider
+from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.handlers.email import EmailHandler
+from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.settings import ConsumerSettings
+from relaybox.consumer.sweeper import Sweeper, SweptRoute
 from relaybox.consumer.worker import Handler, Worker
 
 log = logging.getLogger(__name__)
@@ -21,39 +28,74 @@ log = logging.getLogger(__name__)
 METRICS_INTERVAL_S = 5.0
 
 
+class Provider(Protocol):
+    async def close(self) -> None: ...
+
+
 def email_provider(settings: ConsumerSettings) -> EmailProvider:
     """The email provider the settings select."""
     return SmtpProvider(settings.smtp)
 
 
-def create_worker(settings: ConsumerSettings) -> tuple[Worker, list[EmailProvider]]:
-    """A worker with every handler wired to its provider (not started)."""
+@dataclass
+class Consumer:
+    """Everything one consumer replica runs: the worker, its providers and the sweeper."""
+
+    worker: Worker
+    providers: list[Provider]
+    sweeper: Sweeper
+
+
+def create_consumer(settings: ConsumerSettings) -> Consumer:
+    """A worker with every handler wired to its provider and limiter (not started)."""
     engine = create_engine(settings.database)
     topology = Topology.from_settings(settings.broker)
-    provider = email_provider(settings)
-    handlers: list[Handler] = [EmailHandler(engine, topology, settings, provider)]
-    return Worker(settings, engine, topology, handlers), [provider]
+    email = email_provider(settings)
+    meta = MetaProvider(settings.meta)
+    meta_limiter = RateLimiter(engine, META_LIMIT_KEY, settings.meta.rate_per_second)
+    email_handler = EmailHandler(engine, topology, settings, email)
+    meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter)
+    handlers: list[Handler] = [email_handler, meta_handler]
+    sweeper = Sweeper(
+        engine,
+        [SweptRoute(h.table, h.route) for h in (email_handler, meta_handler)],
+        stale_pending_s=settings.stale_pending_s,
+    )
+    return Consumer(Worker(settings, engine, topology, handlers), [email, meta], sweeper)
+
+
+async def _housekeeping(consumer: Consumer, sweep_due: float) -> None:
+    """DLQ depth gauges, and a sweep when one is due; failures are logged, never fatal."""
+    try:
+        await consumer.worker.refresh_dlq_metrics()
+        if time.monotonic() >= sweep_due:
+            await consumer.sweeper.sweep()
+    except Exception:
+        log.exception("housekeeping failed; will try again")
 
 
 async def serve(settings: ConsumerSettings) -> None:
     """Run one consumer replica until SIGTERM/SIGINT, then drain and close."""
-    worker, providers = create_worker(settings)
+    consumer = create_consumer(settings)
+    worker = consumer.worker
     await worker.start()
     health = HealthServer(settings.consumer, worker.ready)
     await health.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    sweep_due = 0.0
     try:
         while not worker.stopping:
-            with contextlib.suppress(Exception):
-                await worker.refresh_dlq_metrics()
+            await _housekeeping(consumer, sweep_due)
+            if time.monotonic() >= sweep_due:
+                sweep_due = time.monotonic() + settings.sweep_interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.wait_stopped(), METRICS_INTERVAL_S)
     finally:
         await worker.close()
         await health.stop()
-        for provider in providers:
+        for provider in consumer.providers:
             await provider.close()
         await worker.engine.dispose()
         log.info("consumer stopped")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from relaybox.common.faults import FaultSettings
+from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import HttpServerSettings, ServiceSettings, SmtpSettings
 
 
@@ -20,5 +21,10 @@ class ConsumerSettings(ServiceSettings):
     shutdown_grace_s: float = Field(default=30.0, gt=0)
     email_provider: Literal["smtp"] = "smtp"
     smtp: SmtpSettings = SmtpSettings()
+    meta: MetaProviderSettings = MetaProviderSettings()
+    sweep_interval_s: float = Field(default=30.0, gt=0, description="0 < how often to sweep")
+    stale_pending_s: float = Field(
+        default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
+    )
     consumer: HttpServerSettings = HttpServerSettings(port=9102)
     faults: FaultSettings = FaultSettings()
