@@ -152,8 +152,8 @@ async def message(client: httpx.AsyncClient, message_id: str) -> dict[str, Any]:
 
 
 async def wait_status(client: httpx.AsyncClient, message_id: str, status: str) -> dict[str, Any]:
+    async def reached() -> bool:
         return bool((await message(client, message_id))["status"] == status)
-        return (await message(client, message_id))["status"] == status
 
     await eventually(reached, timeout=30)
     return await message(client, message_id)
