@@ -22,11 +22,14 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import Client, check_secret, jwt_auth
+from relaybox.api.conversations.controller import ConversationController
 from relaybox.api.emails.controller import EmailController
 from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
 from relaybox.api.health import health, ready
+from relaybox.api.messages.controller import MessageController
 from relaybox.api.middleware import echo_request_id, request_id_middleware
 from relaybox.api.settings import ApiSettings
+from relaybox.api.webhooks.controller import MetaWebhookController
 from relaybox.common.db.session import create_engine, session_factory
 from relaybox.common.observability.tracing import configure_tracing
 
@@ -86,7 +89,15 @@ def create_app(
 
     return Litestar(
         logging_config=None,  # relaybox.common.observability.logging owns the root logger
-        route_handlers=[health, ready, PrometheusController, EmailController],
+        route_handlers=[
+            health,
+            ready,
+            PrometheusController,
+            EmailController,
+            ConversationController,
+            MessageController,
+            MetaWebhookController,
+        ],
         lifespan=[lifespan],
         state=State({"engine": db_engine}),
         on_app_init=[on_app_init],

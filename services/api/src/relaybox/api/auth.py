@@ -16,7 +16,7 @@ from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
 from relaybox.common.errors import RelayboxError
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
-ALL_SCOPES = ("email:send", "email:read")
+ALL_SCOPES = ("email:send", "email:read", "meta:read", "meta:send")
 MIN_SECRET_BYTES = 32
 
 

@@ -1,0 +1,1 @@
+"""The Meta-like customer inbox: conversations, their messages, unread counts and states."""

@@ -1,0 +1,1 @@
+"""Outbound Meta-like messages: idempotent sends, single messages and retries."""

@@ -1,0 +1,87 @@
+"""Message endpoints: thin handlers that validate and call the message service."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaybox.api.auth import Client, require
+from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.messages import service
+from relaybox.api.messages.schemas import MessageDetail, SendMessageRequest
+from relaybox.api.settings import ApiSettings
+from relaybox.common.observability.logging import request_id_var
+
+
+class MessageController(Controller):
+    """POST /messages/send, one message, and the retry of a failed one."""
+
+    path = "/messages"
+    tags = ["messages"]
+
+    @post(
+        "/send",
+        guards=[require("meta:send")],
+        status_code=202,
+        summary="Send a WhatsApp/Instagram message",
+        description="Writes the message (PENDING), its conversation and its outbox row in one "
+        "transaction (202). The same `clientMessageId` on the same channel again answers the "
+        "stored message as it is now (200) and sends nothing. Honours Idempotency-Key.",
+        responses={},
+        opt={"rate_limited": True},
+    )
+    async def send(
+        self,
+        request: Request[Client, Any, State],
+        data: JSONBody[SendMessageRequest],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
+        ] = None,
+    ) -> Response[MessageDetail]:
+        client: Client = request.user
+        key = validate_key(idempotency_key)
+        idem = (
+            Idempotency(
+                client.id,
+                service.IDEMPOTENCY_SCOPE,
+                key,
+                request_hash(data.model_dump(by_alias=True)),
+                settings.idempotency_ttl_h,
+            )
+            if key
+            else None
+        )
+        stored = await service.send_message(
+            db_session, request=data, idempotency=idem, correlation_id=request_id_var.get()
+        )
+        return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
+
+    @get("/{message_id:uuid}", guards=[require("meta:read")], summary="One message")
+    async def get_one(
+        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+    ) -> MessageDetail:
+        return await service.get_message(db_session, message_id)
+
+    @post(
+        "/{message_id:uuid}/retry",
+        guards=[require("meta:send")],
+        status_code=202,
+        summary="Send a FAILED message again",
+        description="Sets a FAILED outbound message back to PENDING (attempts 0) and enqueues it "
+        "in one transaction; 409 when it is not FAILED.",
+        opt={"rate_limited": True},
+    )
+    async def retry(
+        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+    ) -> MessageDetail:
+        return await service.retry_message(
+            db_session, message_id, correlation_id=request_id_var.get()
+        )

@@ -1,0 +1,1 @@
+"""Provider webhooks: signed, idempotent Meta-like inbound messages and status events."""

@@ -1,0 +1,124 @@
+"""The Meta-like webhook events, parsed from the raw (signed) body, and the webhook's answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from relaybox.api.errors import ApiError
+from relaybox.api.messages.schemas import MAX_ID, Channel, message_text, single_line
+from relaybox.common.meta_status import parse_provider_timestamp
+
+MAX_INBOUND_TEXT = 65_536  # generous: a provider's message is never refused for its length
+_VALUE_ERROR_PREFIX = "Value error, "
+
+ProviderTimestamp = Annotated[datetime, BeforeValidator(parse_provider_timestamp)]
+
+
+class _Event(BaseModel):
+    """Fields of every event. Unknown fields are ignored (providers add fields over time)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    event_id: str = Field(alias="eventId", min_length=1, max_length=MAX_ID)
+    channel: Channel
+    timestamp: ProviderTimestamp
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, value: str) -> str:
+        return single_line(value)
+
+
+class InboundMessageEvent(_Event):
+    """A customer wrote in: `{eventId, type?: "message", channel, from, text, timestamp}`."""
+
+    type: Literal["message"] = "message"
+    from_: str = Field(alias="from", min_length=1, max_length=MAX_ID)
+    text: str = Field(min_length=1, max_length=MAX_INBOUND_TEXT)
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return single_line(value)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return message_text(value)
+
+
+class StatusEvent(_Event):
+    """An outbound message moved on:
+    `{eventId, type: "status", channel, providerMessageId, status, timestamp}`."""
+
+    type: Literal["status"]
+    provider_message_id: str = Field(alias="providerMessageId", min_length=1, max_length=MAX_ID)
+    status: Literal["sent", "delivered", "read"]
+
+    @field_validator("provider_message_id")
+    @classmethod
+    def _provider_id(cls, value: str) -> str:
+        return single_line(value)
+
+
+WebhookEvent = InboundMessageEvent | StatusEvent
+_MODELS: dict[str, type[InboundMessageEvent] | type[StatusEvent]] = {
+    "message": InboundMessageEvent,
+    "status": StatusEvent,
+}
+
+
+class WebhookAck(msgspec.Struct, rename="camel"):
+    """The answer to the provider: `processed`, `duplicate` (seen before: nothing changed) or
+    `pending` (a status event for a message not recorded as sent yet: applied when it is)."""
+
+    status: Literal["processed", "duplicate", "pending"]
+    event_id: str
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL's jsonb cannot hold U+0000 anywhere, not even in a field we ignore."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    """A 400 naming every field at fault, shaped like the API's other validation problems."""
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "body",
+            "message": error["msg"].removeprefix(_VALUE_ERROR_PREFIX),
+        }
+        for error in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ApiError(detail, field=errors[0]["field"], errors=errors)
+
+
+def parse_event(body: bytes) -> tuple[WebhookEvent, dict[str, Any]]:
+    """The validated event and the JSON object to store; an ApiError (400) naming the field."""
+    try:
+        payload = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(f"the request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(payload, dict):
+        raise ApiError("the request body must be a JSON object", field="body")
+    if _has_nul(payload):
+        raise ApiError("the request body must not contain NUL characters", field="body")
+    kind = payload.get("type", "message")
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ApiError("type: must be 'message' or 'status'", field="type")
+    try:
+        return model.model_validate(payload), payload
+    except ValidationError as exc:
+        raise _invalid(exc) from None
