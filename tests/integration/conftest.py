@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
-from relaybox.api.settings import ApiSettings, AuthSettings
+from relaybox.api.settings import ApiSettings, AuthSettings, MetaGatewaySettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.settings import SmtpSinkSettings
@@ -23,6 +23,7 @@ from tests.support.pipeline import (
 )
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-use"
+WEBHOOK_SECRET = "test-webhook-signing-secret"
 
 
 @pytest.fixture
@@ -39,6 +40,7 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
         database=db_settings,
         broker=broker_settings,
         auth=AuthSettings(jwt_secret=SECRET),
+        meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET),
     )
 
 

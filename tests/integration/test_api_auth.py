@@ -13,8 +13,14 @@ from jwt.warnings import InsecureKeyLengthWarning
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
-from relaybox.api.auth import InsecureSecretError, issue_token
-from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings
+from relaybox.api.auth import InsecureSecretError, check_secret, issue_token
+from relaybox.api.settings import (
+    DEV_WEBHOOK_SECRET,
+    PLACEHOLDER_SECRET,
+    ApiSettings,
+    AuthSettings,
+    MetaGatewaySettings,
+)
 from tests.integration.conftest import SECRET
 
 BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi"}
@@ -220,3 +226,12 @@ async def test_placeholder_secret_is_allowed_in_dev_mode(
         # a token of the test secret is not one of the dev app's
         other = signed()
         assert_401(await dev.get("/logs/email", headers={"Authorization": f"Bearer {other}"}))
+
+
+def test_the_dev_webhook_secret_is_refused_outside_dev_mode(api_settings: ApiSettings) -> None:
+    dev_hook = api_settings.model_copy(
+        update={"meta": MetaGatewaySettings(webhook_secret=DEV_WEBHOOK_SECRET)}
+    )
+    with pytest.raises(InsecureSecretError, match="RELAYBOX_META__WEBHOOK_SECRET"):
+        check_secret(dev_hook)
+    check_secret(dev_hook.model_copy(update={"dev_mode": True}))

@@ -18,9 +18,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from relaybox.api.app import create_app
-from relaybox.api.settings import DEV_WEBHOOK_SECRET, ApiSettings, MetaGatewaySettings
+from relaybox.api.settings import ApiSettings, MetaGatewaySettings
 from relaybox.common.meta_status import apply_status_events, parse_provider_timestamp
 from relaybox.common.signing import SIGNATURE_HEADER, sign
+from tests.integration.conftest import WEBHOOK_SECRET
 
 HOOK = "/webhooks/mock-meta"
 PROBLEM = "application/problem+json"
@@ -70,7 +71,7 @@ async def post_event(
     client: httpx.AsyncClient,
     event: Any,
     *,
-    secret: str | None = DEV_WEBHOOK_SECRET,
+    secret: str | None = WEBHOOK_SECRET,
     raw: bytes | None = None,
 ) -> httpx.Response:
     """POST the event signed with `secret` (None: unsigned), as the mock does."""
@@ -129,6 +130,7 @@ async def app_client(
 
 
 def with_meta(settings: ApiSettings, **meta: Any) -> ApiSettings:
+    meta.setdefault("webhook_secret", WEBHOOK_SECRET)
     return settings.model_copy(update={"meta": MetaGatewaySettings(**meta)})
 
 
@@ -407,14 +409,14 @@ async def test_every_bad_field_is_reported(gateway: httpx.AsyncClient) -> None:
 def _tampered() -> tuple[bytes, str]:
     """A signature of one body sent with another."""
     signed_body = json.dumps(GOOD).encode()
-    return json.dumps({**GOOD, "text": "changed"}).encode(), sign(DEV_WEBHOOK_SECRET, signed_body)
+    return json.dumps({**GOOD, "text": "changed"}).encode(), sign(WEBHOOK_SECRET, signed_body)
 
 
 BAD_SIGNATURES: list[tuple[str, dict[str, str]]] = [
     ("missing", {}),
     ("empty", {SIGNATURE_HEADER: ""}),
     ("another secret", {SIGNATURE_HEADER: sign("another-secret", json.dumps(GOOD).encode())}),
-    ("no prefix", {SIGNATURE_HEADER: sign(DEV_WEBHOOK_SECRET, json.dumps(GOOD).encode())[7:]}),
+    ("no prefix", {SIGNATURE_HEADER: sign(WEBHOOK_SECRET, json.dumps(GOOD).encode())[7:]}),
     ("sha1", {SIGNATURE_HEADER: "sha1=" + "0" * 40}),
     ("garbage", {SIGNATURE_HEADER: "sha256=zz"}),
 ]
@@ -430,7 +432,7 @@ async def test_bad_or_missing_signature_is_401_and_stores_nothing(
     assert response.status_code == 401, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
     assert SIGNATURE_HEADER in response.json()["detail"]
-    assert DEV_WEBHOOK_SECRET not in response.text
+    assert WEBHOOK_SECRET not in response.text
     assert await stored(engine) == (0, 0, 0)
 
 

@@ -24,6 +24,7 @@ from relaybox.common.messaging.topology import Topology
 from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.smtp_sink import SmtpSink
+from tests.integration.conftest import WEBHOOK_SECRET
 from tests.support.pipeline import (
     Pipeline,
     consumer_settings,
@@ -58,6 +59,7 @@ def mock_meta(db_settings_module: DatabaseSettings, broker_module: BrokerSetting
         mock_meta__port=port,
         smtp_sink__port=smtp_port,
         meta__webhook_backoff_s=0.05,
+        meta__webhook_secret=WEBHOOK_SECRET,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "relaybox.mock_meta"], env=env, stdin=subprocess.DEVNULL

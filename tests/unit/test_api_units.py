@@ -24,7 +24,7 @@ from relaybox.api.emails.service import parse_bound, today_bounds
 from relaybox.api.errors import ApiError, http_problem
 from relaybox.api.idempotency import lock_key, request_hash, validate_key
 from relaybox.api.pagination import decode_cursor, encode_cursor
-from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings
+from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings, MetaGatewaySettings
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -230,7 +230,12 @@ def test_weak_secret_refused_outside_dev_mode(secret: str) -> None:
 
 
 def test_strong_secret_accepted() -> None:
-    check_secret(ApiSettings(auth=AuthSettings(jwt_secret="s" * 32)))
+    check_secret(
+        ApiSettings(
+            auth=AuthSettings(jwt_secret="s" * 32),
+            meta=MetaGatewaySettings(webhook_secret="a-provider-signing-secret"),
+        )
+    )
 
 
 def test_placeholder_is_long_enough_for_hs256_in_dev() -> None:

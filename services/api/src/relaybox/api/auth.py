@@ -12,7 +12,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.security.jwt import JWTAuth, Token
 
-from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
+from relaybox.api.settings import DEV_WEBHOOK_SECRET, PLACEHOLDER_SECRET, ApiSettings
 from relaybox.common.errors import RelayboxError
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
@@ -33,7 +33,7 @@ class Client:
 
 
 def check_secret(settings: ApiSettings) -> None:
-    """Refuse the placeholder (or a short) secret unless dev mode is on."""
+    """Refuse placeholder (or short) secrets unless dev mode is on."""
     secret = settings.auth.jwt_secret
     if settings.dev_mode:
         return
@@ -45,6 +45,11 @@ def check_secret(settings: ApiSettings) -> None:
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise InsecureSecretError(
             f"RELAYBOX_AUTH__JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+        )
+    if settings.meta.webhook_secret == DEV_WEBHOOK_SECRET:
+        raise InsecureSecretError(
+            "RELAYBOX_META__WEBHOOK_SECRET is the development default; set the provider's "
+            "signing secret or RELAYBOX_DEV_MODE=true"
         )
 
 
