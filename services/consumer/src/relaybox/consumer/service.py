@@ -10,10 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from relaybox.common.db.session import create_engine
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
 from relaybox.common.providers.base import EmailProvider
+from relaybox.common.providers.email_api import EmailApiProvider
 from relaybox.common.providers.meta import MetaProvider
 from relaybox.common.providers.smtp import SmtpProvider
 from relaybox.common.ratelimit import RateLimiter
@@ -32,9 +35,22 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
+EMAIL_API_LIMIT_KEY = "email.http-api"
+
+
 def email_provider(settings: ConsumerSettings) -> EmailProvider:
     """The email provider the settings select."""
+    if settings.email_provider == "http-api":
+        return EmailApiProvider(settings.email_api)
     return SmtpProvider(settings.smtp)
+
+
+def email_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimiter | None:
+    """The global limiter of the email provider (the HTTP API has a low contractual limit)."""
+    if settings.email_provider != "http-api":
+        return None
+    api = settings.email_api
+    return RateLimiter(engine, EMAIL_API_LIMIT_KEY, api.rate_per_second, safety=api.rate_safety)
 
 
 @dataclass
@@ -53,7 +69,7 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
     email = email_provider(settings)
     meta = MetaProvider(settings.meta)
     meta_limiter = RateLimiter(engine, META_LIMIT_KEY, settings.meta.rate_per_second)
-    email_handler = EmailHandler(engine, topology, settings, email)
+    email_handler = EmailHandler(engine, topology, settings, email, email_limiter(settings, engine))
     meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter)
     handlers: list[Handler] = [email_handler, meta_handler]
     sweeper = Sweeper(

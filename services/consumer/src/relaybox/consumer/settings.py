@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from relaybox.common.faults import FaultSettings
+from relaybox.common.providers.email_api import EmailApiSettings
 from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import HttpServerSettings, ServiceSettings, SmtpSettings
 
@@ -19,8 +20,11 @@ class ConsumerSettings(ServiceSettings):
     lease_s: float = Field(default=60.0, gt=0, description="how long a SENDING claim is owned")
     db_retry_s: float = Field(default=60.0, ge=0, description="ride out a database restart")
     shutdown_grace_s: float = Field(default=30.0, gt=0)
-    email_provider: Literal["smtp"] = "smtp"
+    email_provider: Literal["smtp", "http-api"] = Field(
+        default="smtp", description="how every email is sent, single sends included"
+    )
     smtp: SmtpSettings = SmtpSettings()
+    email_api: EmailApiSettings = EmailApiSettings()
     meta: MetaProviderSettings = MetaProviderSettings()
     sweep_interval_s: float = Field(default=30.0, gt=0, description="0 < how often to sweep")
     stale_pending_s: float = Field(

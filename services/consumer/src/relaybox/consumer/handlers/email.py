@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.providers.base import EmailProvider, OutgoingEmail
+from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
@@ -25,8 +26,9 @@ class EmailHandler(SendingHandler):
         topology: Topology,
         settings: ConsumerSettings,
         provider: EmailProvider,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        super().__init__(engine, topology, settings)
+        super().__init__(engine, topology, settings, limiter)
         self.provider = provider
         self.provider_name = provider.name
 

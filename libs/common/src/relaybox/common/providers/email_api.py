@@ -1,0 +1,144 @@
+"""The token-authenticated email HTTP API (`../shared/contracts/email-api.openapi.json`).
+
+`POST /auth/token` gives a bearer token valid `expires_in` seconds; `POST /send-email` sends.
+The token is refreshed before it expires and once more on a 401, one refresh at a time per
+process, and never appears in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import Counter
+from pydantic import BaseModel, Field, SecretStr
+
+from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
+from relaybox.common.providers.meta import retry_after
+
+log = logging.getLogger(__name__)
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+TOKEN_REFRESHES = Counter("relaybox_email_api_token_refreshes_total", "Email API tokens fetched")
+
+
+class EmailApiSettings(BaseModel):
+    """Where the email API is, its credentials and its (global) rate limit."""
+
+    base_url: str = "http://127.0.0.1:4000/email-api"
+    username: str = "relaybox"
+    password: SecretStr = SecretStr("dev-email-api-password")
+    password_file: Path | None = Field(
+        default=None, description="read the password from this file (a mounted secret) instead"
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+    refresh_margin_s: float = Field(
+        default=60.0, ge=0, description="refresh the token this long before it expires"
+    )
+    rate_per_second: float = Field(
+        default=0.1, gt=0, description="across every consumer replica (contract: 1 per 10 s)"
+    )
+    rate_safety: float = Field(
+        default=0.02, ge=0, le=1, description="fraction added to the interval against clock skew"
+    )
+
+    def secret(self) -> str:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password.get_secret_value()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    text = detail if isinstance(detail, str) else response.reason_phrase
+    return f"HTTP {response.status_code}: {text}"[:500]
+
+
+class TokenSource:
+    """A cached bearer token; concurrent callers share one refresh."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: EmailApiSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+
+    def _fresh(self) -> bool:
+        margin = self._settings.refresh_margin_s
+        return self._token is not None and time.monotonic() < self._expires_at - margin
+
+    async def get(self) -> str:
+        if self._fresh():
+            assert self._token is not None
+            return self._token
+        async with self._lock:
+            if not self._fresh():  # another task may have refreshed while we waited
+                await self._refresh()
+            assert self._token is not None
+            return self._token
+
+    async def invalidate(self, token: str) -> None:
+        """Forget `token` (the API refused it) unless a newer one already replaced it."""
+        async with self._lock:
+            if self._token == token:
+                self._token = None
+
+    async def _refresh(self) -> None:
+        credentials = {"username": self._settings.username, "password": self._settings.secret()}
+        try:
+            response = await self._client.post("/auth/token", json=credentials)
+        except httpx.TimeoutException:
+            raise RetryableError("email API token request timed out") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"email API unreachable: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            # Wrong credentials are an operator problem: retry (then DLQ), never fail for good.
+            raise RetryableError(f"email API refused the token request: {_detail(response)}")
+        data = response.json()
+        self._token = str(data["access_token"])
+        self._expires_at = time.monotonic() + float(data.get("expires_in", 1800))
+        self.refreshes += 1
+        TOKEN_REFRESHES.inc()
+        log.info("email API token refreshed", extra={"expires_in": data.get("expires_in")})
+
+
+class EmailApiProvider:
+    """Sends each email with one `POST /send-email`."""
+
+    name = "http-api"
+
+    def __init__(self, settings: EmailApiSettings) -> None:
+        self._client = httpx.AsyncClient(base_url=settings.base_url, timeout=settings.timeout_s)
+        self.tokens = TokenSource(self._client, settings)
+
+    async def send(self, email: OutgoingEmail) -> str:
+        body = {"to": email.to, "subject": email.subject, "body": email.text or email.html or ""}
+        token = await self.tokens.get()
+        response = await self._post(body, token, email.id)
+        if response.status_code == 401:  # expired early or revoked: one refresh, one more try
+            await self.tokens.invalidate(token)
+            response = await self._post(body, await self.tokens.get(), email.id)
+        if response.status_code in (200, 202):
+            return str(response.json().get("message_id", ""))
+        if response.status_code in RETRYABLE_STATUS or response.status_code == 401:
+            raise RetryableError(_detail(response), retry_after=retry_after(response))
+        raise PermanentError(_detail(response))
+
+    async def _post(self, body: dict[str, str], token: str, key: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+        try:
+            return await self._client.post("/send-email", json=body, headers=headers)
+        except httpx.TimeoutException:
+            raise RetryableError("email API timed out") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"email API unreachable: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
