@@ -5,9 +5,9 @@ UV ?= uv
 RUN := $(UV) run --frozen
 PY_SRC := libs services tests bench
 
-# `make run` development defaults (override any RELAYBOX_* from your environment).
-export RELAYBOX_DEV_MODE ?= true
-export RELAYBOX_LOG__JSON_FORMAT ?= false
+# Development defaults for the targets that run the services (any RELAYBOX_* you set wins).
+run token seed: export RELAYBOX_DEV_MODE ?= true
+run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 
 .DEFAULT_GOAL := help

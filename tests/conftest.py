@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -20,6 +21,14 @@ from tests.support.databases import drop_database
 from tests.support.servers import Servers, locate
 
 RUN = uuid.uuid4().hex[:8]
+KEPT_PREFIXES = ("RELAYBOX_TEST_", "RELAYBOX_CHAOS_")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Settings come from the fixtures, never from the caller's shell (e.g. RELAYBOX_DEV_MODE)."""
+    for name in [n for n in os.environ if n.startswith("RELAYBOX_")]:
+        if not name.startswith(KEPT_PREFIXES):
+            del os.environ[name]
 TABLES = (
     "outbox",
     "emails",
