@@ -1,4 +1,4 @@
-"""The mock-meta Litestar application: health, metrics, the SMTP sink and Meta-like routes."""
+"""The mock-meta Litestar application: health, metrics, the SMTP sink, Meta-like and email API."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relaybox.mock_meta.email_api_mock import EmailApiMock
+from relaybox.mock_meta.email_api_routes import BEARER_SCHEME, build_email_api_router
 from relaybox.mock_meta.meta_mock import MetaMock
 from relaybox.mock_meta.meta_routes import build_meta_router
 from relaybox.mock_meta.settings import MockMetaSettings
@@ -73,11 +76,16 @@ def meta_lifespan(meta: MetaMock) -> Callable[[Litestar], AbstractAsyncContextMa
 
 
 def create_app(
-    settings: MockMetaSettings, sink: SmtpSink | None = None, meta: MetaMock | None = None
+    settings: MockMetaSettings,
+    sink: SmtpSink | None = None,
+    meta: MetaMock | None = None,
+    email_api: EmailApiMock | None = None,
 ) -> Litestar:
-    """Build the app; it owns a sink and a Meta mock made from `settings` unless injected."""
+    """Build the app; it owns a sink, a Meta mock and an email API mock made from `settings`
+    unless injected."""
     smtp_sink = sink if sink is not None else SmtpSink(settings.smtp_sink)
     meta_mock = meta if meta is not None else MetaMock(settings.meta)
+    email_api_mock = email_api if email_api is not None else EmailApiMock(settings.email_api)
     return Litestar(
         logging_config=None,  # relaybox.common.observability.logging owns the root logger
         route_handlers=[
@@ -85,14 +93,20 @@ def create_app(
             metrics,
             build_smtp_router(smtp_sink),
             build_meta_router(meta_mock),
+            build_email_api_router(email_api_mock),
         ],
         lifespan=[sink_lifespan(smtp_sink), meta_lifespan(meta_mock)],
-        state=State({"smtp_sink": smtp_sink, "meta_mock": meta_mock}),
+        state=State(
+            {"smtp_sink": smtp_sink, "meta_mock": meta_mock, "email_api_mock": email_api_mock}
+        ),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
         openapi_config=OpenAPIConfig(
             title="relaybox mock-meta",
             version="0.1.0",
             path="/api",
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={BEARER_SCHEME: SecurityScheme(type="http", scheme="bearer")}
+            ),
         ),
     )

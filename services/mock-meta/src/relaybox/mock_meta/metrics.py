@@ -17,3 +17,13 @@ META_WEBHOOKS = Counter(
 META_WEBHOOK_RETRIES = Counter(
     "relaybox_mock_meta_webhook_retries_total", "Webhook attempts retried by the Meta-like mock"
 )
+EMAIL_API_SENDS = Counter(
+    "relaybox_mock_email_api_sends_total",
+    "POST /email-api/send-email answers of the email API mock",
+    ("outcome",),  # accepted, invalid, unauthorized, unprocessable, rate_limited, failed
+)
+EMAIL_API_TOKENS = Counter(
+    "relaybox_mock_email_api_tokens_total",
+    "POST /email-api/auth/token answers of the email API mock",
+    ("outcome",),  # issued, invalid_credentials, invalid_request
+)

@@ -1,4 +1,4 @@
-"""Settings of the mock-meta service (HTTP server, the SMTP sink and the Meta-like provider)."""
+"""Settings of the mock-meta service (HTTP server, SMTP sink, Meta-like provider, email API)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pydantic import BaseModel, Field
 from relaybox.common.settings import HttpServerSettings, ServiceSettings
 
 DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105 - development default only
+DEV_EMAIL_API_USERNAME = "relaybox"
+DEV_EMAIL_API_PASSWORD = "dev-email-api-password"  # noqa: S105 - development default only
 
 
 class SmtpSinkSettings(BaseModel):
@@ -56,9 +58,34 @@ class MetaMockSettings(BaseModel):
     )
 
 
+class EmailApiMockSettings(BaseModel):
+    """The token-authenticated email HTTP API (mounted under /email-api): credentials and limits."""
+
+    username: str = Field(default=DEV_EMAIL_API_USERNAME, min_length=1)
+    password: str = Field(
+        default=DEV_EMAIL_API_PASSWORD,
+        min_length=1,
+        repr=False,
+        description="the one password POST /auth/token accepts; never logged nor shown",
+    )
+    token_ttl_s: int = Field(
+        default=1800, ge=1, le=86_400, description="lifetime of an issued token (expires_in)"
+    )
+    rate_limit_per_window: int = Field(
+        default=1, ge=0, description="accepted POST /send-email per window; 0 = unlimited"
+    )
+    rate_window_s: float = Field(
+        default=10.0, gt=0, le=3600, description="length of the sliding rate-limit window"
+    )
+    max_messages: int = Field(
+        default=10_000, ge=1, description="accepted emails kept; the oldest is dropped first"
+    )
+
+
 class MockMetaSettings(ServiceSettings):
     """Everything `python -m relaybox.mock_meta` reads from `RELAYBOX_*` variables."""
 
     mock_meta: HttpServerSettings = HttpServerSettings(port=4000)
     smtp_sink: SmtpSinkSettings = SmtpSinkSettings()
     meta: MetaMockSettings = MetaMockSettings()
+    email_api: EmailApiMockSettings = EmailApiMockSettings()
