@@ -29,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in [n for n in os.environ if n.startswith("RELAYBOX_")]:
         if not name.startswith(KEPT_PREFIXES):
             del os.environ[name]
+
+
 TABLES = (
     "outbox",
     "emails",
