@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.providers.meta import MetaProvider
-from relaybox.common.providers.smtp import SmtpProvider
 from relaybox.common.ratelimit import RateLimiter
 from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.service import email_limiter, email_provider
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.worker import Handler, Worker
 from relaybox.publisher.relay import Relay
@@ -90,11 +90,11 @@ async def running_pipeline(
     """Publisher + consumer (email and Meta handlers, wired as the consumer service wires them)."""
     relay = Relay(pub, engine=engine)
     await relay.start(connect_attempts=3)
-    provider = SmtpProvider(con.smtp)
+    provider = email_provider(con)
     meta = MetaProvider(con.meta)
     limiter = RateLimiter(engine, META_LIMIT_KEY, con.meta.rate_per_second)
     handlers: list[Handler] = [
-        EmailHandler(engine, topology, con, provider),
+        EmailHandler(engine, topology, con, provider, email_limiter(con, engine)),
         MetaHandler(engine, topology, con, meta, limiter),
     ]
     worker = Worker(con, engine, topology, handlers)
