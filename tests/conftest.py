@@ -39,6 +39,10 @@ TABLES = (
     "conversations",
     "webhook_events",
     "rate_limits",
+    "mailing_errors",
+    "mailing_recipients",
+    "mailing_chunks",
+    "mailings",
 )
 
 

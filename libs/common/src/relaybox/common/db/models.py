@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -222,3 +223,92 @@ class RateLimit(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     tat: Mapped[datetime] = mapped_column(server_default=func.now())
     paused_until: Mapped[datetime | None]
+
+
+MAILING_STATUSES = ("PARSING", "RUNNING", "PAUSED", "COMPLETED", "CANCELLED", "FAILED")
+
+
+class Mailing(Base):
+    """A bulk mailing from an uploaded CSV; its recipients are dispatched at the provider's pace."""
+
+    __tablename__ = "mailings"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), server_default="PARSING")
+    subject: Mapped[str] = mapped_column(String(255))
+    body_template: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(String(255))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    file_bytes: Mapped[int] = mapped_column(BigInteger)
+    rows_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    valid_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    invalid_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    duplicate_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    parsed_chunks: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('PARSING', 'RUNNING', 'PAUSED', 'COMPLETED', 'CANCELLED', 'FAILED')",
+            name="status_known",
+        ),
+        Index(
+            "ix_mailings_client_id_file_sha256_created_at", "client_id", "file_sha256", "created_at"
+        ),
+        Index("ix_mailings_status_id", "status", "id"),
+    )
+
+
+class MailingChunk(Base):
+    """The uploaded file, stored in ordered chunks so parsing streams it in constant memory."""
+
+    __tablename__ = "mailing_chunks"
+
+    mailing_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("mailings.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MailingRecipient(Base):
+    """One valid, de-duplicated address of a mailing; its email row carries the delivery."""
+
+    __tablename__ = "mailing_recipients"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    mailing_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("mailings.id", ondelete="CASCADE")
+    )
+    row_number: Mapped[int] = mapped_column(Integer)
+    email: Mapped[str] = mapped_column(String(320))
+    email_key: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
+    email_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    dispatched_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("mailing_id", "email_key"),
+        CheckConstraint("status IN ('PENDING', 'QUEUED', 'CANCELLED')", name="status_known"),
+        Index("ix_mailing_recipients_mailing_id_status_id", "mailing_id", "status", "id"),
+        Index("ix_mailing_recipients_email_id", "email_id"),
+    )
+
+
+class MailingError(Base):
+    """An invalid row of an uploaded file: its row number, the raw value and why."""
+
+    __tablename__ = "mailing_errors"
+
+    mailing_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("mailings.id", ondelete="CASCADE"), primary_key=True
+    )
+    row_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    raw_value: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)

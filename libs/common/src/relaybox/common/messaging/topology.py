@@ -13,7 +13,8 @@ from relaybox.common.settings import BrokerSettings
 ATTEMPT_HEADER = "x-attempt"
 EMAIL_SEND = "email.send"
 META_SEND = "meta.send"
-ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND)
+MAILING_PARSE = "mailing.parse"
+ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND, MAILING_PARSE)
 
 
 async def message_count(channel: AbstractChannel, queue: str) -> int:
