@@ -75,6 +75,10 @@ class SendingHandler(ABC):
     ) -> None:
         """Extra work in the transaction that records SENT (none by default)."""
 
+    def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the DLQ copy keeps of a payload (handlers drop secrets here)."""
+        return payload
+
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """Process one delivery; returns the outcome label. Safe to call twice for one message."""
         row_id = self.row_id(payload)
@@ -161,7 +165,8 @@ class SendingHandler(ABC):
         attempts: int = row["attempts"]
         error = str(exc)
         if attempts >= self.settings.max_attempts:
-            await self.in_tx(lambda c: self._dead_letter(c, row["id"], payload, headers, error))
+            dead = self.dead_letter_payload(payload)
+            await self.in_tx(lambda c: self._dead_letter(c, row["id"], dead, headers, error))
             metrics.DEAD_LETTERED.labels(self.route).inc()
             metrics.ATTEMPTS.labels(self.route, "FAILED").observe(attempts)
             return "dead_lettered"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from relaybox.common.providers.email_api import EmailApiProvider
 from relaybox.common.providers.meta import MetaProvider
 from relaybox.common.providers.smtp import SmtpProvider
 from relaybox.common.ratelimit import RateLimiter
+from relaybox.consumer.dispatcher import Dispatcher
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.settings import ConsumerSettings
@@ -55,11 +57,19 @@ def email_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimite
 
 @dataclass
 class Consumer:
-    """Everything one consumer replica runs: the worker, its providers and the sweeper."""
+    """Everything one consumer replica runs: the worker, its providers, sweeper and dispatcher."""
 
     worker: Worker
     providers: list[Provider]
     sweeper: Sweeper
+    dispatcher: Dispatcher
+
+
+def mailing_in_flight(settings: ConsumerSettings) -> int:
+    """How many mailing emails may wait queued: a few seconds of the provider's rate."""
+    if settings.email_provider == "http-api":
+        return max(1, math.ceil(settings.email_api.rate_per_second * settings.mailing_ahead_s))
+    return settings.mailing_max_in_flight
 
 
 def create_consumer(settings: ConsumerSettings) -> Consumer:
@@ -77,7 +87,10 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
         [SweptRoute(h.table, h.route) for h in (email_handler, meta_handler)],
         stale_pending_s=settings.stale_pending_s,
     )
-    return Consumer(Worker(settings, engine, topology, handlers), [email, meta], sweeper)
+    dispatcher = Dispatcher(engine, mailing_in_flight(settings))
+    return Consumer(
+        Worker(settings, engine, topology, handlers), [email, meta], sweeper, dispatcher
+    )
 
 
 async def _housekeeping(consumer: Consumer, sweep_due: float) -> None:
@@ -88,6 +101,17 @@ async def _housekeeping(consumer: Consumer, sweep_due: float) -> None:
             await consumer.sweeper.sweep()
     except Exception:
         log.exception("housekeeping failed; will try again")
+
+
+async def _dispatch_forever(consumer: Consumer, interval_s: float) -> None:
+    """Mailing dispatch rounds until cancelled; failures are logged, never fatal."""
+    while True:
+        try:
+            await consumer.dispatcher.dispatch()
+            await consumer.dispatcher.complete()
+        except Exception:
+            log.exception("mailing dispatch failed; will try again")
+        await asyncio.sleep(interval_s)
 
 
 async def serve(settings: ConsumerSettings) -> None:
@@ -101,6 +125,7 @@ async def serve(settings: ConsumerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
     sweep_due = 0.0
+    dispatching = asyncio.create_task(_dispatch_forever(consumer, settings.dispatch_interval_s))
     try:
         while not worker.stopping:
             await _housekeeping(consumer, sweep_due)
@@ -109,6 +134,9 @@ async def serve(settings: ConsumerSettings) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.wait_stopped(), METRICS_INTERVAL_S)
     finally:
+        dispatching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatching
         await worker.close()
         await health.stop()
         for provider in consumer.providers:

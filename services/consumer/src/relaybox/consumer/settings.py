@@ -27,6 +27,13 @@ class ConsumerSettings(ServiceSettings):
     email_api: EmailApiSettings = EmailApiSettings()
     meta: MetaProviderSettings = MetaProviderSettings()
     sweep_interval_s: float = Field(default=30.0, gt=0, description="0 < how often to sweep")
+    dispatch_interval_s: float = Field(default=0.5, gt=0, description="mailing dispatch rounds")
+    mailing_ahead_s: float = Field(
+        default=5.0, gt=0, description="queue at most this many seconds of sends ahead (pause lag)"
+    )
+    mailing_max_in_flight: int = Field(
+        default=100, ge=1, description="queued mailing emails when the provider has no limit"
+    )
     stale_pending_s: float = Field(
         default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
     )

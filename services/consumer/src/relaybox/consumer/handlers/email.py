@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.providers.base import EmailProvider, OutgoingEmail
 from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
+from relaybox.consumer.dispatcher import new_token, token_hash
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
+
+TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 - the template placeholder, not a secret
+_token: ContextVar[str | None] = ContextVar("mailing_token", default=None)
 
 
 class EmailHandler(SendingHandler):
@@ -32,13 +38,44 @@ class EmailHandler(SendingHandler):
         self.provider = provider
         self.provider_name = provider.name
 
+    async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
+        # A mailing's per-recipient token travels only in the message; `send` reads it here.
+        token = payload.get("token")
+        _token.set(token if isinstance(token, str) else None)
+        return await super().handle(payload, headers)
+
+    def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in payload.items() if k != "token"}
+
     async def send(self, row: dict[str, Any]) -> str:
+        text_body, html_body = row["text_body"], row["html_body"]
+        token = _token.get()
+        if token is None and TOKEN_PLACEHOLDER in f"{text_body}{html_body}":
+            token = await self._reissue_token(row["id"])
+        if token is not None:
+            text_body = text_body and text_body.replace(TOKEN_PLACEHOLDER, token)
+            html_body = html_body and html_body.replace(TOKEN_PLACEHOLDER, token)
         email = OutgoingEmail(
             id=str(row["id"]),
             to=row["to_address"],
             from_=row["from_address"],
             subject=row["subject"],
-            text=row["text_body"],
-            html=row["html_body"],
+            text=text_body,
+            html=html_body,
         )
         return await self.provider.send(email)
+
+    async def _reissue_token(self, email_id: Any) -> str | None:
+        """A mailing email re-enqueued without its token (by the sweeper): issue a new one.
+
+        Only the hash is stored, so the lost token cannot be recovered; the recipient gets a new
+        one and the stored hash follows it. Not a mailing email: nothing to render.
+        """
+        token = new_token()
+        updated = await self.in_tx(
+            lambda c: c.execute(
+                text("UPDATE mailing_recipients SET token_hash = :h WHERE email_id = :id"),
+                {"h": token_hash(token), "id": email_id},
+            )
+        )
+        return token if updated.rowcount else None

@@ -1,0 +1,171 @@
+"""The mailing dispatcher: bounded in flight, fair across mailings, tokens only in the message."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.common.db.session import create_engine
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.dispatcher import Dispatcher
+from relaybox.mock_meta.smtp_sink import SmtpSink
+from tests.support.pipeline import (
+    consumer_settings,
+    eventually,
+    publisher_settings,
+    running_pipeline,
+)
+
+BODY = "Thank you for signing up. Please verify your token {token} to continue."
+
+
+async def make_mailing(engine: AsyncEngine, recipients: int, status: str = "RUNNING") -> str:
+    mailing_id = str(uuid.uuid4())
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO mailings (id, client_id, status, subject, body_template, file_sha256,"
+                " file_bytes) VALUES (:id, 'c', :status, 'Complete your registration', :body,"
+                " 'x', 1)"
+            ),
+            {"id": mailing_id, "status": status, "body": BODY},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO mailing_recipients (mailing_id, row_number, email, email_key) "
+                "SELECT :id, n, 'u' || n || '@' || :tag || '.example', "
+                "'u' || n || '@' || :tag || '.example' FROM generate_series(1, :count) AS n"
+            ),
+            {"id": mailing_id, "count": recipients, "tag": mailing_id[:8]},
+        )
+    return mailing_id
+
+
+async def queued(engine: AsyncEngine) -> list[tuple[str, str]]:
+    """(mailing_id, email) of queued recipients, in dispatch order."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT mailing_id::text, email FROM mailing_recipients WHERE status = 'QUEUED'"
+                " ORDER BY dispatched_at, id"
+            )
+        )
+        return [(r[0], r[1]) for r in rows]
+
+
+async def finish_all_queued(engine: AsyncEngine) -> None:
+    """Play the consumer: every queued email is SENT."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE emails SET status = 'SENT', sent_at = now() WHERE id IN "
+                "(SELECT email_id FROM mailing_recipients WHERE status = 'QUEUED')"
+            )
+        )
+
+
+async def test_in_flight_is_bounded(engine: AsyncEngine) -> None:
+    await make_mailing(engine, 20)
+    dispatcher = Dispatcher(engine, max_in_flight=3)
+    assert await dispatcher.dispatch() == 3
+    assert await dispatcher.dispatch() == 0  # nothing finished yet: the budget is used up
+    await finish_all_queued(engine)
+    assert await dispatcher.dispatch() == 3
+
+
+async def test_a_small_mailing_is_not_starved_by_a_big_one(engine: AsyncEngine) -> None:
+    big = await make_mailing(engine, 200)
+    small = await make_mailing(engine, 5)
+    dispatcher = Dispatcher(engine, max_in_flight=1)
+    order: list[str] = []
+    for _ in range(12):
+        assert await dispatcher.dispatch() == 1
+        order.append((await queued(engine))[-1][0])
+        await finish_all_queued(engine)
+    # One slot at a time, alternating: the small mailing is done within its share (10 slots).
+    assert order[:10].count(small) == 5
+    assert order[10:] == [big, big]
+    assert small in await dispatcher.complete()
+
+
+async def test_tokens_live_only_in_the_message(engine: AsyncEngine) -> None:
+    await make_mailing(engine, 3)
+    await Dispatcher(engine, max_in_flight=10).dispatch()
+    async with engine.connect() as conn:
+        messages = (await conn.execute(text("SELECT payload FROM outbox"))).scalars().all()
+        hashes = set(
+            (await conn.execute(text("SELECT token_hash FROM mailing_recipients"))).scalars()
+        )
+        bodies = set((await conn.execute(text("SELECT text_body FROM emails"))).scalars())
+    tokens = [m["token"] for m in messages]
+    assert len(set(tokens)) == 3
+    assert all(len(t) >= 22 for t in tokens)  # ≥ 128 bits, base64url
+    assert {hashlib.sha256(t.encode()).hexdigest() for t in tokens} == hashes
+    assert bodies == {BODY}  # the email log keeps the placeholder, never a token
+
+
+async def test_paused_mailings_are_not_dispatched_and_finished_ones_complete(
+    engine: AsyncEngine,
+) -> None:
+    await make_mailing(engine, 5, status="PAUSED")
+    running = await make_mailing(engine, 2)
+    dispatcher = Dispatcher(engine, max_in_flight=10)
+    assert await dispatcher.dispatch() == 2
+    assert await dispatcher.complete() == []
+    await finish_all_queued(engine)
+    assert await dispatcher.complete() == [running]
+
+
+async def test_two_dispatchers_never_queue_a_recipient_twice(
+    engine: AsyncEngine, db_settings: DatabaseSettings
+) -> None:
+    await make_mailing(engine, 40)
+    engines = [create_engine(db_settings) for _ in range(2)]
+    dispatchers = [Dispatcher(e, max_in_flight=5) for e in engines]
+    try:
+        for _ in range(10):
+            await asyncio.gather(*(d.dispatch() for d in dispatchers))
+            assert len(await queued(engine)) <= 5 * (1 + _)
+            await finish_all_queued(engine)
+    finally:
+        for e in engines:
+            await e.dispose()
+    emails = [e for _, e in await queued(engine)]
+    assert len(emails) == len(set(emails)) == 40
+
+
+async def test_each_recipient_receives_its_own_token(
+    engine: AsyncEngine,
+    topology: Topology,
+    db_settings: DatabaseSettings,
+    broker_settings: BrokerSettings,
+    sink: SmtpSink,
+) -> None:
+    mailing_id = await make_mailing(engine, 4)
+    dispatcher = Dispatcher(engine, max_in_flight=10)
+    con = consumer_settings(db_settings, broker_settings, sink.port)
+    async with running_pipeline(
+        engine, topology, publisher_settings(db_settings, broker_settings), con
+    ):
+        await dispatcher.dispatch()
+
+        async def all_received() -> bool:
+            return len(sink.store.find()) == 4
+
+        await eventually(all_received)
+    assert await dispatcher.complete() == [mailing_id]
+    async with engine.connect() as conn:
+        stored = set(
+            (await conn.execute(text("SELECT token_hash FROM mailing_recipients"))).scalars()
+        )
+        log_bodies = set((await conn.execute(text("SELECT text_body FROM emails"))).scalars())
+    received = [re.search(r"token (\S+) to continue", m.text or "") for m in sink.store.find()]
+    tokens = [m.group(1) for m in received if m]
+    assert {hashlib.sha256(t.encode()).hexdigest() for t in tokens} == stored
+    assert log_bodies == {BODY}
