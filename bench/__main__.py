@@ -13,13 +13,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import api_accept, e2e_latency, relay
+from bench import api_accept, e2e_latency, rate_precision, relay, webhook_ingest
 from bench.common import Result, emit_json, render_table
 
 BENCHES: dict[str, Callable[[bool], Result]] = {
     "api_accept": lambda quick: api_accept.run(quick=quick),
     "relay": lambda quick: relay.run(quick=quick),
     "e2e_latency": lambda quick: e2e_latency.run(quick=quick),
+    "webhook_ingest": lambda quick: webhook_ingest.run(quick=quick),
+    "rate_precision": lambda quick: rate_precision.run(quick=quick),
 }
 
 

@@ -179,3 +179,32 @@ async def test_single_sends_go_through_the_http_api_when_selected(
         accepted = (await http.get(f"{mock_url}/_mock/messages")).json()
     assert [m["to"] for m in accepted["data"]] == ["erin@example.com"]
     assert not sink.store.find()
+
+
+async def test_a_429_storm_never_fails_an_email(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    topology: Topology,
+    db_settings: DatabaseSettings,
+    broker_settings: BrokerSettings,
+    sink: SmtpSink,
+    mock_url: str,
+) -> None:
+    """More 429s in a row than max_attempts: flow control, so the email is still sent."""
+    await control(mock_url, failNext=5, failStatus=429)
+    con = consumer_settings(
+        db_settings,
+        broker_settings,
+        sink.port,
+        email_provider="http-api",
+        email_api=EmailApiSettings(base_url=mock_url, rate_per_second=50),
+    )
+    pub = publisher_settings(db_settings, broker_settings)
+    async with running_pipeline(engine, topology, pub, con):
+        response = await client.post(
+            "/send", json={"to": "storm@example.com", "subject": "429s", "text": "hello"}
+        )
+        assert await wait_final(engine, 1, timeout=90) == {response.json()["id"]: "SENT"}
+    counters = await stats(mock_url)
+    assert counters["rejected"]["429"] == 5
+    assert counters["accepted"] == 1

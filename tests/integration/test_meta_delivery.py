@@ -188,7 +188,8 @@ async def test_a_429_pauses_the_provider_then_sends(
     await configure(mock_meta, failNext=1, failStatus=429, statusEvents=False)
     message_id = await send(gateway, "c-3")
     sent = await wait_status(gateway, message_id, "SENT")
-    assert sent["retryCount"] == 1
+    assert sent["retryCount"] == 0  # a 429 is flow control: it does not use up an attempt
+    assert (await mock_stats(mock_meta))["byClientMessageId"] == {message_id: 2}
     async with engine.connect() as conn:  # the Retry-After paused the shared limiter
         paused = await conn.scalar(
             text("SELECT paused_until FROM rate_limits WHERE key = 'meta.send'")

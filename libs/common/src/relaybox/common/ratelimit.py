@@ -1,9 +1,10 @@
 """A global rate limiter shared by every replica: GCRA whose state is one PostgreSQL row per key.
 
-`acquire` books the next free slot with one `UPDATE … RETURNING` (the row lock orders concurrent
-replicas), then sleeps until that slot. `pause` (a provider's 429 + Retry-After) pushes every
-replica's next slot past the pause; a replica that booked a slot before the pause checks again
-after its sleep and re-books.
+`reserve` books the next free slot with one `UPDATE … RETURNING` (the row lock orders concurrent
+replicas); `wait` sleeps until it. A caller books first and waits last, right before the provider
+call, so nothing but the call itself sits between the slot and the request's arrival.
+`pause` (a provider's 429 + Retry-After) pushes every replica's next slot past the pause; a
+replica that booked a slot before the pause checks again after its sleep and re-books.
 """
 
 from __future__ import annotations
@@ -62,28 +63,35 @@ class RateLimiter:
     def interval(self) -> float:
         return (1.0 / self.rate) * (1.0 + self.safety)
 
-    async def acquire(self) -> float:
-        """Wait for this caller's slot; returns the seconds waited."""
-        started = time.monotonic()
+    async def reserve(self) -> float:
+        """Book the next free slot; the seconds until it starts (0 if it already has)."""
         if not self._ready:
             async with self.engine.begin() as conn:
                 await conn.execute(_ENSURE, {"key": self.key})
             self._ready = True
+        async with self.engine.begin() as conn:
+            wait = await conn.scalar(_BOOK, {"key": self.key, "interval": self.interval})
+        return max(0.0, float(wait or 0))
+
+    async def wait(self, wait_s: float) -> float:
+        """Sleep until a reserved slot; if a 429 paused the key meanwhile, wait and book again."""
+        started = time.monotonic()
         while True:
-            async with self.engine.begin() as conn:
-                wait = float(
-                    await conn.scalar(_BOOK, {"key": self.key, "interval": self.interval}) or 0
-                )
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             async with self.engine.connect() as conn:
                 paused = float(await conn.scalar(_PAUSED_FOR, {"key": self.key}) or 0)
             if paused <= 0:
                 break
-            await asyncio.sleep(paused)  # a 429 paused the provider after we booked: book again
+            await asyncio.sleep(paused)
+            wait_s = await self.reserve()
         waited = time.monotonic() - started
         WAIT.labels(self.key).observe(waited)
         return waited
+
+    async def acquire(self) -> float:
+        """Reserve a slot and wait for it; returns the seconds waited."""
+        return await self.wait(await self.reserve())
 
     async def pause(self, seconds: float) -> None:
         """Stop every replica from sending for `seconds` (a 429 with Retry-After)."""

@@ -78,18 +78,22 @@ class DeliveryTable:
         return bool(result.rowcount)
 
     async def release_for_retry(
-        self, conn: AsyncConnection, row_id: Any, attempts: int, error: str
+        self, conn: AsyncConnection, row_id: Any, attempts: int, error: str, *, refund: bool = False
     ) -> bool:
-        """SENDING → PENDING with the error, only if our claim (attempt number) still holds."""
+        """SENDING → PENDING with the error, only if our claim (attempt number) still holds.
+
+        `refund` gives the attempt back (a provider's 429 is flow control, not a failure).
+        """
         result = await conn.execute(
             text(
                 f"""
                 UPDATE {self.table}
-                SET status = 'PENDING', last_error = :error, lease_until = NULL, updated_at = now()
+                SET status = 'PENDING', last_error = :error, lease_until = NULL, updated_at = now(),
+                    attempts = attempts - :refund
                 WHERE id = :id AND status = 'SENDING' AND attempts = :attempts
                 """  # noqa: S608
             ),
-            {"id": row_id, "attempts": attempts, "error": error},
+            {"id": row_id, "attempts": attempts, "error": error, "refund": int(refund)},
         )
         return bool(result.rowcount)
 

@@ -21,7 +21,7 @@ from tenacity import (
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
-from relaybox.common.providers.base import PermanentError, RetryableError
+from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
 from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer import metrics
 from relaybox.consumer.delivery import DeliveryTable
@@ -82,12 +82,15 @@ class SendingHandler(ABC):
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """Process one delivery; returns the outcome label. Safe to call twice for one message."""
         row_id = self.row_id(payload)
-        if self.limiter is not None:
-            # Wait for a global slot before claiming, so the wait never eats into the lease.
-            await self.limiter.acquire()
-        row = await self.in_tx(lambda c: self.table.claim(c, row_id, self.settings.lease_s))
+        # Book a global slot first and claim for the wait plus the lease, then sleep until the
+        # slot: only the provider call sits between the slot and the request reaching it.
+        wait_s = await self.limiter.reserve() if self.limiter is not None else 0.0
+        lease_s = self.settings.lease_s + wait_s
+        row = await self.in_tx(lambda c: self.table.claim(c, row_id, lease_s))
         if row is None:
             return await self._not_claimed(row_id, payload, headers)
+        if self.limiter is not None:
+            await self.limiter.wait(wait_s)
         failpoint(f"{self.route}.after_claim", self.settings.faults)
         started = time.perf_counter()
         try:
@@ -164,7 +167,8 @@ class SendingHandler(ABC):
     ) -> str:
         attempts: int = row["attempts"]
         error = str(exc)
-        if attempts >= self.settings.max_attempts:
+        rate_limited = isinstance(exc, RateLimitedError)
+        if attempts >= self.settings.max_attempts and not rate_limited:
             dead = self.dead_letter_payload(payload)
             await self.in_tx(lambda c: self._dead_letter(c, row["id"], dead, headers, error))
             metrics.DEAD_LETTERED.labels(self.route).inc()
@@ -173,7 +177,9 @@ class SendingHandler(ABC):
         delay = self.topology.retry_delay_for(attempts, retry_after_s=exc.retry_after)
 
         async def retry(conn: AsyncConnection) -> None:
-            if await self.table.release_for_retry(conn, row["id"], attempts, error):
+            if await self.table.release_for_retry(
+                conn, row["id"], attempts, error, refund=rate_limited
+            ):
                 await enqueue(
                     conn,
                     routing_key=self.route,

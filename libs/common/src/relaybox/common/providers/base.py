@@ -20,6 +20,10 @@ class RetryableError(ProviderError):
         self.retry_after = retry_after
 
 
+class RateLimitedError(RetryableError):
+    """The provider's rate limit (429): flow control, not a failed attempt."""
+
+
 class PermanentError(ProviderError):
     """Retrying cannot help (other 4xx, SMTP 5xx, invalid recipient)."""
 

@@ -16,7 +16,12 @@ import httpx
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, SecretStr
 
-from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
+from relaybox.common.providers.base import (
+    OutgoingEmail,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+)
 from relaybox.common.providers.meta import retry_after
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ class EmailApiSettings(BaseModel):
         default=0.1, gt=0, description="across every consumer replica (contract: 1 per 10 s)"
     )
     rate_safety: float = Field(
-        default=0.02, ge=0, le=1, description="fraction added to the interval against clock skew"
+        default=0.05, ge=0, le=1, description="fraction added to the interval against jitter"
     )
 
     def secret(self) -> str:
@@ -127,6 +132,8 @@ class EmailApiProvider:
             response = await self._post(body, await self.tokens.get(), email.id)
         if response.status_code in (200, 202):
             return str(response.json().get("message_id", ""))
+        if response.status_code == 429:
+            raise RateLimitedError(_detail(response), retry_after=retry_after(response))
         if response.status_code in RETRYABLE_STATUS or response.status_code == 401:
             raise RetryableError(_detail(response), retry_after=retry_after(response))
         raise PermanentError(_detail(response))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import httpx
 from pydantic import BaseModel, Field
 
-from relaybox.common.providers.base import PermanentError, RetryableError
+from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
@@ -68,6 +68,8 @@ class MetaProvider:
             raise RetryableError("Meta API timed out") from None
         except httpx.TransportError as exc:
             raise RetryableError(f"Meta API unreachable: {type(exc).__name__}") from None
+        if response.status_code == 429:
+            raise RateLimitedError(_error_text(response), retry_after=retry_after(response))
         if response.status_code in RETRYABLE_STATUS:
             raise RetryableError(_error_text(response), retry_after=retry_after(response))
         if response.status_code >= 400:
