@@ -36,6 +36,8 @@ ADMIN_DB_URL = os.environ.get(
 )
 AMQP_URL = os.environ.get("RELAYBOX_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
+# Outside dev mode the API refuses the development webhook signing secret.
+WEBHOOK_SECRET = "bench-webhook-signing-secret"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("outbox", "emails", "idempotency_keys")
 

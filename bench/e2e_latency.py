@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from bench.common import (
     AMQP_URL,
     JWT_SECRET,
+    WEBHOOK_SECRET,
     BenchError,
     CpuMeter,
     Result,
@@ -164,6 +165,7 @@ def services(database_url: str, tag: str, smtp_port: int) -> tuple[list[Service]
             "RELAYBOX_API__HOST": "127.0.0.1",
             "RELAYBOX_API__PORT": str(api_port),
             "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,
+            "RELAYBOX_META__WEBHOOK_SECRET": WEBHOOK_SECRET,
             "RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE": "1000000000",
         },
         ready_url=f"{api_url}/ready",

@@ -18,6 +18,7 @@ from relaybox.common.ratelimit import RateLimiter
 from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.mailings.handler import MailingParseHandler
 from relaybox.consumer.service import email_limiter, email_provider
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.worker import Handler, Worker
@@ -96,6 +97,7 @@ async def running_pipeline(
     handlers: list[Handler] = [
         EmailHandler(engine, topology, con, provider, email_limiter(con, engine)),
         MetaHandler(engine, topology, con, meta, limiter),
+        MailingParseHandler(engine, con, con.mailings),
     ]
     worker = Worker(con, engine, topology, handlers)
     await worker.start(connect_attempts=3)

@@ -5,29 +5,31 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from relaybox.api.auth import Client, check_secret, jwt_auth
+from relaybox.api.auth import check_secret, jwt_auth
 from relaybox.api.conversations.controller import ConversationController
 from relaybox.api.emails.controller import EmailController
+from relaybox.api.emails.service import EmailIntake
 from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
 from relaybox.api.health import health, ready
+from relaybox.api.mailings.controller import mailings_router
 from relaybox.api.messages.controller import MessageController
+from relaybox.api.metrics import metrics_middleware
 from relaybox.api.middleware import echo_request_id, request_id_middleware
+from relaybox.api.ratelimit import FixedWindowLimiter, rate_limit_middleware
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks.controller import MetaWebhookController
 from relaybox.common.db.session import create_engine, session_factory
@@ -38,20 +40,6 @@ Clock = Callable[[], datetime]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _client_or_address(request: Request[Any, Any, Any]) -> str:
-    user = request.scope.get("user")
-    return f"client:{user.id}" if isinstance(user, Client) else get_remote_address(request)
-
-
-def _rate_limit(settings: ApiSettings) -> RateLimitConfig:
-    """Per-client limit, applied only to handlers marked `opt={"rate_limited": True}`."""
-    return RateLimitConfig(
-        rate_limit=("minute", settings.rate_limit.send_per_minute),
-        identifier_for_request=_client_or_address,
-        check_throttle_handler=lambda request: bool(request.route_handler.opt.get("rate_limited")),
-    )
 
 
 def create_app(
@@ -76,15 +64,17 @@ def create_app(
         async with sessions() as session:
             yield session
 
-    prometheus = PrometheusConfig(
-        app_name="relaybox_api", prefix="relaybox_api", exclude=["/metrics"], group_path=True
-    )
+    email_intake = EmailIntake(db_engine, settings.email_from, settings.idempotency_ttl_h)
     auth = jwt_auth(settings)
+    limiter = FixedWindowLimiter(settings.rate_limit.send_per_minute)
+    request_spans = settings.tracing.request_spans
+    # Without request spans, the request id middleware gives each request its trace context.
+    request_context = request_id_middleware(trace_context=not request_spans)
 
     def on_app_init(config: AppConfig) -> AppConfig:
         config = auth.on_app_init(config)  # puts the JWT middleware first
-        config.middleware.remove(request_id_middleware)  # the request id wraps even a 401
-        config.middleware.insert(0, request_id_middleware)
+        config.middleware.remove(request_context)  # the request id wraps even a 401
+        config.middleware.insert(0, request_context)
         return config
 
     return Litestar(
@@ -97,16 +87,18 @@ def create_app(
             ConversationController,
             MessageController,
             MetaWebhookController,
+            mailings_router(settings),
         ],
         lifespan=[lifespan],
         state=State({"engine": db_engine}),
         on_app_init=[on_app_init],
         dependencies={
             "db_session": Provide(provide_session),
+            "email_intake": Provide(lambda: email_intake, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "clock": Provide(lambda: clock, sync_to_thread=False),
         },
-        middleware=[request_id_middleware, prometheus.middleware, _rate_limit(settings).middleware],
+        middleware=[request_context, metrics_middleware, rate_limit_middleware(limiter)],
         before_send=[echo_request_id],
         plugins=[
             ProblemDetailsPlugin(
@@ -117,7 +109,7 @@ def create_app(
                     }
                 )
             ),
-            OpenTelemetryPlugin(OpenTelemetryConfig()),
+            *([OpenTelemetryPlugin(OpenTelemetryConfig())] if request_spans else []),
         ],
         exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: internal_error},
         openapi_config=OpenAPIConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,13 +11,14 @@ import jwt
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from relaybox.api.settings import DEV_WEBHOOK_SECRET, PLACEHOLDER_SECRET, ApiSettings
 from relaybox.common.errors import RelayboxError
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
-ALL_SCOPES = ("email:send", "email:read", "meta:read", "meta:send")
+ALL_SCOPES = ("email:send", "email:read", "meta:read", "meta:send", "mailing:read", "mailing:send")
 MIN_SECRET_BYTES = 32
 
 
@@ -63,6 +65,35 @@ async def _retrieve_client(token: Token, _connection: ASGIConnection[Any, Any, A
     return Client(id=token.sub, scopes=frozenset(scopes))
 
 
+class CachingJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware that verifies each distinct token once, not on every request.
+
+    A verified token is remembered (by its exact text, signature included) with its client until
+    its `exp`; only expiry can turn a verified HS256 token invalid, so a remembered one is
+    re-checked for that alone. Anything that fails verification is never remembered.
+    """
+
+    max_tokens = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verified: dict[str, tuple[float, AuthenticationResult]] = {}
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        known = self._verified.get(encoded_token)
+        if known is not None:
+            if time.time() < known[0]:
+                return known[1]
+            del self._verified[encoded_token]
+        result = await super().authenticate_token(encoded_token, connection)
+        if len(self._verified) >= self.max_tokens:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[encoded_token] = (result.auth.exp.timestamp(), result)
+        return result
+
+
 def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:
     """Litestar's JWT middleware config; public paths and webhooks are excluded."""
     return JWTAuth[Client, Token](
@@ -71,13 +102,17 @@ def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:
         algorithm="HS256",
         exclude=[f"^{p}" for p in PUBLIC_PATHS],
         exclude_opt_key="public",
+        authentication_middleware_class=CachingJWTAuthenticationMiddleware,
     )
 
 
 def require(scope: str) -> Any:
-    """A guard that lets through clients whose token carries `scope`."""
+    """A guard that lets through clients whose token carries `scope`.
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    Async on purpose: Litestar runs a sync guard in a worker thread (a thread hop per request).
+    """
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         client = connection.user
         if not isinstance(client, Client) or scope not in client.scopes:
             raise PermissionDeniedException(detail=f"this token lacks the {scope!r} scope")

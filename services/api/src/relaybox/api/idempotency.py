@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,16 @@ from relaybox.api.errors import ApiError, ConflictError, UnprocessableError
 
 HEADER = "Idempotency-Key"
 _VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_FIND_SQL = (
+    "SELECT request_hash, status_code, response FROM idempotency_keys "
+    "WHERE client_id = :c AND scope = :s AND key = :k "
+    "AND created_at > now() - make_interval(hours => :ttl)"
+)
+_FIND_SQL_DRIVER = (  # the same with the driver's placeholders
+    "SELECT request_hash, status_code, response FROM idempotency_keys "
+    "WHERE client_id = $1 AND scope = $2 AND key = $3 "
+    "AND created_at > now() - make_interval(hours => $4::int)"
+)
 
 
 @dataclass(frozen=True)
@@ -67,26 +78,39 @@ class Idempotency:
             {"k": lock_key(self.client_id, self.scope, self.key)},
         )
         if not locked:
-            raise ConflictError(
-                f"a request with this {HEADER} is still being processed; retry shortly"
-            )
+            raise self.in_flight()
         row = (
             await session.execute(
-                text(
-                    "SELECT request_hash, status_code, response FROM idempotency_keys "
-                    "WHERE client_id = :c AND scope = :s AND key = :k "
-                    "AND created_at > now() - make_interval(hours => :ttl)"
-                ),
+                text(_FIND_SQL),
                 {"c": self.client_id, "s": self.scope, "k": self.key, "ttl": self.ttl_h},
             )
         ).one_or_none()
         if row is None:
             return None
-        if row.request_hash != self.fingerprint:
+        return self._stored(row.request_hash, row.status_code, row.response)
+
+    async def find(self, conn: asyncpg.Connection) -> StoredResponse:
+        """The live answer stored under the key, read on a driver connection (a hot path that
+        found the key taken: it exists, unless it expired in between, then retrying helps)."""
+        row = await conn.fetchrow(
+            _FIND_SQL_DRIVER, self.client_id, self.scope, self.key, self.ttl_h
+        )
+        if row is None:
+            raise self.in_flight()
+        return self._stored(row["request_hash"], row["status_code"], row["response"])
+
+    def in_flight(self) -> ConflictError:
+        """The answer while a request with the same key still runs (it holds the key's lock)."""
+        return ConflictError(
+            f"a request with this {HEADER} is still being processed; retry shortly"
+        )
+
+    def _stored(self, fingerprint: str, status_code: int, body: dict[str, Any]) -> StoredResponse:
+        if fingerprint != self.fingerprint:
             raise UnprocessableError(
                 f"this {HEADER} was already used with a different request body"
             )
-        return StoredResponse(row.status_code, row.response)
+        return StoredResponse(status_code, body)
 
     async def store(self, session: AsyncSession, response: StoredResponse) -> None:
         await session.execute(

@@ -25,6 +25,16 @@ class RateLimitSettings(BaseModel):
     send_per_minute: int = Field(default=600, ge=1)
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry in the API."""
+
+    request_spans: bool = Field(
+        default=False,
+        description="record a server span per request (OpenTelemetry ASGI middleware); without "
+        "it the caller's traceparent, or a minted one, still reaches the outbox and the consumer",
+    )
+
+
 # The mock-meta service signs its webhooks with the same development default.
 DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105
 DEV_VERIFY_TOKEN = "dev-mock-meta-verify-token"  # noqa: S105
@@ -59,6 +69,37 @@ class MetaGatewaySettings(BaseModel):
         return self
 
 
+MIB = 1024 * 1024
+DEFAULT_MAILING_SUBJECT = "Complete your registration"
+DEFAULT_MAILING_BODY = "Thank you for signing up. Please verify your token {token} to continue."
+TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 (the template placeholder, not a secret)
+
+
+class MailingSettings(BaseModel):
+    """Bulk mailings from an uploaded CSV (`/mailings`)."""
+
+    max_file_bytes: int = Field(default=100 * MIB, ge=1, description="largest accepted upload")
+    chunk_bytes: int = Field(
+        default=MIB, ge=1024, le=64 * MIB, description="size of one stored `mailing_chunks` row"
+    )
+    reupload_window_s: int = Field(
+        default=600, ge=0, description="the same file again within it answers the same mailing"
+    )
+    max_rows: int = Field(default=2_000_000, ge=1, description="rows a file may hold (parser)")
+    default_subject: str = Field(default=DEFAULT_MAILING_SUBJECT, min_length=1, max_length=255)
+    default_body: str = Field(default=DEFAULT_MAILING_BODY, min_length=1)
+    provider_rate_per_second: float = Field(
+        default=0.1, gt=0, description="sends per second of the email API: the ETA's pace"
+    )
+
+    @field_validator("default_body")
+    @classmethod
+    def _has_token(cls, value: str) -> str:
+        if TOKEN_PLACEHOLDER not in value:
+            raise ValueError(f"must contain {TOKEN_PLACEHOLDER}")
+        return value
+
+
 class ApiSettings(ServiceSettings):
     """Everything the API reads from the environment."""
 
@@ -67,9 +108,11 @@ class ApiSettings(ServiceSettings):
     timezone: str = Field(default="UTC", description="day boundary of the logs' `stats.today`")
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    tracing: TracingSettings = TracingSettings()
     idempotency_ttl_h: int = Field(default=24, ge=1)
     email_from: str = Field(default="relaybox@localhost", description="default From address")
     meta: MetaGatewaySettings = MetaGatewaySettings()
+    mailings: MailingSettings = MailingSettings()
 
     @field_validator("timezone")
     @classmethod

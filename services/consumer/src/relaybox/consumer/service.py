@@ -24,6 +24,7 @@ from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.dispatcher import Dispatcher
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.mailings.handler import MailingParseHandler
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.sweeper import Sweeper, SweptRoute
 from relaybox.consumer.worker import Handler, Worker
@@ -81,7 +82,8 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
     meta_limiter = RateLimiter(engine, META_LIMIT_KEY, settings.meta.rate_per_second)
     email_handler = EmailHandler(engine, topology, settings, email, email_limiter(settings, engine))
     meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter)
-    handlers: list[Handler] = [email_handler, meta_handler]
+    parse_handler = MailingParseHandler(engine, settings, settings.mailings)
+    handlers: list[Handler] = [email_handler, meta_handler, parse_handler]
     sweeper = Sweeper(
         engine,
         [SweptRoute(h.table, h.route) for h in (email_handler, meta_handler)],

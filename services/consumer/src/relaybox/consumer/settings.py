@@ -10,6 +10,7 @@ from relaybox.common.faults import FaultSettings
 from relaybox.common.providers.email_api import EmailApiSettings
 from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import HttpServerSettings, ServiceSettings, SmtpSettings
+from relaybox.consumer.mailings.ingest import MailingParseSettings
 
 
 class ConsumerSettings(ServiceSettings):
@@ -34,6 +35,7 @@ class ConsumerSettings(ServiceSettings):
     mailing_max_in_flight: int = Field(
         default=100, ge=1, description="queued mailing emails when the provider has no limit"
     )
+    mailings: MailingParseSettings = MailingParseSettings()
     stale_pending_s: float = Field(
         default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
     )

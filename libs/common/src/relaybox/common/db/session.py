@@ -1,10 +1,11 @@
-"""Engine and session factory: one AsyncSession per task, expire_on_commit=False."""
+"""Engine and session factory (one AsyncSession per task, expire_on_commit=False), and the
+pre-pinged pool's driver-level path for hot statements."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event
@@ -15,12 +16,27 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.util import await_
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_, greenlet_spawn
 
 from relaybox.common.settings import DatabaseSettings
 
 _FRESH = "relaybox_fresh"  # a connection record's info key: connected, not yet checked out
+# Set while `run_on_driver` checks a connection out: it tests the connection by using it.
+_UNPINGED: ContextVar[bool] = ContextVar("relaybox_unpinged_checkout", default=False)
+# What a lost connection raises: the socket's end, the server's goodbye (57P01 terminated,
+# 57P02 crash, 57P03 starting up), a connection asyncpg knows to be closed or is still busy
+# closing (InternalClientError: the goodbye arrived unasked and is being handled).
+_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+T = TypeVar("T")
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -52,10 +68,15 @@ def _ping_on_checkout(engine: AsyncEngine) -> None:
     def _ping(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         if record.info.pop(_FRESH, False):
             return  # just connected: nothing to test
+        # A failed test replaces this and every older pooled connection (InvalidatePoolError).
+        driver: asyncpg.Connection = dbapi_connection.driver_connection
+        if driver.is_closed():  # the server's goodbye was already read: no round trip needed
+            raise InvalidatePoolError("pre-ping: the connection is closed")
+        if _UNPINGED.get():
+            return  # `run_on_driver` tests it by using it
         try:
-            await_(dbapi_connection.driver_connection.fetchval(";"))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # Like a failed pre-ping: this and every older pooled connection are replaced.
+            await_(driver.fetchval(";"))
+        except (*_LOST, asyncpg.PostgresError) as exc:
             raise InvalidatePoolError(f"pre-ping failed: {type(exc).__name__}") from exc
 
 
@@ -64,17 +85,43 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-@asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection's asyncpg connection, for a hot path that runs its own statements.
+async def run_on_driver(
+    engine: AsyncEngine, work: Callable[[asyncpg.Connection, bool], Awaitable[T]]
+) -> T:
+    """Run `work(connection, repeated)` on a pooled asyncpg connection, tested by using it: for a
+    hot path that runs its own statements, without SQLAlchemy's Connection around them. They run
+    in autocommit (one statement, one transaction) unless `work` opens a transaction.
 
-    Statements run in autocommit (one statement, one transaction) unless the caller opens a
-    transaction itself; the connection goes back to the pool (pre-pinged) afterwards.
+    Saves the pre-ping's round trip, not its safety: a connection already known to be closed
+    is replaced at checkout (with every older pooled one, as after a failed ping); when the
+    connection is lost under `work` (a restart not noticed yet), `work` runs once more, with
+    `repeated=True`, on a connection checked out with the pre-ping. So `work` must be safe to
+    repeat after a lost connection, when whether its first run committed is unknown.
     """
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver: asyncpg.Connection = raw.driver_connection
-        yield driver
+    for repeated in (False, True):
+        token = _UNPINGED.set(not repeated)
+        try:
+            pooled = await engine.raw_connection()
+        finally:
+            _UNPINGED.reset(token)
+        lost = False
+        try:
+            return await work(pooled.driver_connection, repeated)
+        except _LOST:
+            lost = True
+            if repeated:
+                raise
+        finally:
+            await _release(pooled, lost=lost)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _release(pooled: PoolProxiedConnection, *, lost: bool = False) -> None:
+    """Back to the pool; a lost connection is discarded instead."""
+    driver = pooled.driver_connection
+    if lost or (driver is not None and driver.is_closed()):
+        await greenlet_spawn(pooled.invalidate)
+    await greenlet_spawn(pooled.close)
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -22,7 +22,7 @@ from relaybox.api.emails.schemas import (
     EmailStatus,
     SendEmailRequest,
 )
-from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.idempotency import HEADER, validate_key
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
@@ -46,32 +46,16 @@ class EmailController(Controller):
         self,
         request: Request[Client, Any, State],
         data: JSONBody[SendEmailRequest],
-        db_session: NamedDependency[AsyncSession],
-        settings: NamedDependency[ApiSettings],
+        email_intake: NamedDependency[service.EmailIntake],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
         ] = None,
     ) -> Response[Accepted]:
         client: Client = request.user
-        key = validate_key(idempotency_key)
-        body = data.model_dump(by_alias=True)
-        idem = (
-            Idempotency(
-                client.id,
-                service.IDEMPOTENCY_SCOPE,
-                key,
-                request_hash(body),
-                settings.idempotency_ttl_h,
-            )
-            if key
-            else None
-        )
-        stored = await service.accept_email(
-            db_session,
+        stored = await email_intake.accept(
             client_id=client.id,
             request=data,
-            default_from=settings.email_from,
-            idempotency=idem,
+            key=validate_key(idempotency_key),
             correlation_id=request_id_var.get(),
         )
         return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Bulk mailings: CSV uploads stored in chunks, their progress, recipients and controls."""

@@ -1,0 +1,113 @@
+"""`mailing.parse`: turn a mailing's uploaded CSV into recipients, then set it RUNNING."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from relaybox.common.messaging.topology import MAILING_PARSE
+from relaybox.consumer.errors import PoisonMessageError
+from relaybox.consumer.mailings.ingest import MailingParseSettings, ParseResult, ingest
+from relaybox.consumer.settings import ConsumerSettings
+
+ROWS = Counter(
+    "relaybox_mailing_rows_parsed_total",
+    "Data rows of parsed mailing files, by result (valid, invalid, duplicate)",
+    ("result",),
+)
+STATE = text("SELECT status, rows_total FROM mailings WHERE id = :id")
+# Worth parsing again once the database is back (a restart, a failover, a deadlock); any other
+# error is a bug and goes to the worker (requeued, dead-lettered past the delivery limit).
+TRANSIENT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """A lost connection or a restarting server, raised directly or wrapped by SQLAlchemy."""
+    while exc is not None:
+        if isinstance(exc, TRANSIENT):
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def unparsed(status: str, rows_total: int) -> bool:
+    """PARSING, or PAUSED before its parse ended (a parsed file has at least one data row)."""
+    return status == "PARSING" or (status == "PAUSED" and rows_total == 0)
+
+
+class MailingParseHandler:
+    """Parses the file of an unparsed mailing; a redelivery after the parse is a duplicate.
+
+    A parse can take tens of seconds for a big file; the message stays unacked meanwhile, and
+    so do the messages of other files waiting for a parse slot (`limits.concurrency`). A
+    database outage restarts the parse from the first chunk (the inserts are idempotent).
+    """
+
+    route = MAILING_PARSE
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: ConsumerSettings,
+        limits: MailingParseSettings | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.limits = limits or MailingParseSettings()
+        # A parse is CPU-bound in this process and holds 1 + writers pooled connections for its
+        # whole run: more at once would not go faster and could drain the pool.
+        self._slots = asyncio.Semaphore(self.limits.concurrency)
+
+    async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
+        mailing_id = self.mailing_id(payload)
+        async for attempt in self._retrying():
+            with attempt:
+                async with self.engine.connect() as conn:
+                    state = (await conn.execute(STATE, {"id": mailing_id})).first()
+                if state is None:
+                    raise PoisonMessageError(f"no mailing {mailing_id}")
+                if not unparsed(state.status, state.rows_total):
+                    return "duplicate"  # parsed already, cancelled or failed
+                async with self._slots:
+                    result = await ingest(self.engine, mailing_id, self.limits)
+                self._count(result)
+                return result.outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def mailing_id(payload: dict[str, Any]) -> uuid.UUID:
+        try:
+            return uuid.UUID(str(payload["id"]))
+        except (KeyError, TypeError, ValueError):
+            raise PoisonMessageError("message has no valid mailing 'id'") from None
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(self.settings.db_retry_s),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            reraise=True,
+        )
+
+    @staticmethod
+    def _count(result: ParseResult) -> None:
+        if result.outcome == "parsed":
+            ROWS.labels("valid").inc(result.valid)
+            ROWS.labels("invalid").inc(result.invalid)
+            ROWS.labels("duplicate").inc(result.duplicates)
