@@ -7,10 +7,17 @@ redeliveries and late events can never move a row backwards or claim it twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@cache
+def _text(sql: str) -> TextClause:
+    """Each statement is parsed once (a handler runs the same few on every message)."""
+    return text(sql)
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class DeliveryTable:
     ) -> dict[str, Any] | None:
         """PENDING (or SENDING with an expired lease) → SENDING; the row, or None if not ours."""
         result = await conn.execute(
-            text(
+            _text(
                 f"""
                 UPDATE {self.table}
                 SET status = 'SENDING', attempts = attempts + 1, updated_at = now(),
@@ -50,7 +57,7 @@ class DeliveryTable:
     async def peek(self, conn: AsyncConnection, row_id: Any) -> Peek | None:
         """The status of a row we could not claim, or None if it does not exist."""
         result = await conn.execute(
-            text(
+            _text(
                 f"""
                 SELECT status,
                        greatest(0, coalesce(extract(epoch FROM lease_until - now()), 0))::float
@@ -65,7 +72,7 @@ class DeliveryTable:
     async def mark_sent(self, conn: AsyncConnection, row_id: Any, provider_id: str) -> bool:
         """→ SENT (from PENDING or SENDING only: never downgrades a later status)."""
         result = await conn.execute(
-            text(
+            _text(
                 f"""
                 UPDATE {self.table}
                 SET status = 'SENT', sent_at = now(), updated_at = now(), lease_until = NULL,
@@ -85,7 +92,7 @@ class DeliveryTable:
         `refund` gives the attempt back (a provider's 429 is flow control, not a failure).
         """
         result = await conn.execute(
-            text(
+            _text(
                 f"""
                 UPDATE {self.table}
                 SET status = 'PENDING', last_error = :error, lease_until = NULL, updated_at = now(),
@@ -100,7 +107,7 @@ class DeliveryTable:
     async def mark_failed(self, conn: AsyncConnection, row_id: Any, error: str) -> bool:
         """→ FAILED with failed_at and the error (from PENDING or SENDING only)."""
         result = await conn.execute(
-            text(
+            _text(
                 f"""
                 UPDATE {self.table}
                 SET status = 'FAILED', failed_at = now(), updated_at = now(), lease_until = NULL,

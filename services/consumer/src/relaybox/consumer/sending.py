@@ -18,6 +18,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from relaybox.common.db.session import connection
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
@@ -58,6 +59,14 @@ class SendingHandler(ABC):
         self.topology = topology
         self.settings = settings
         self.limiter = limiter
+        self._db_retry = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_DB),
+            stop=stop_after_delay(settings.db_retry_s),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            reraise=True,
+        )
+        # Recording SENT is one statement unless the handler adds work to it (`after_sent`).
+        self._sent_in_one_statement = type(self).after_sent is SendingHandler.after_sent
 
     @abstractmethod
     async def send(self, row: dict[str, Any]) -> str:
@@ -86,7 +95,7 @@ class SendingHandler(ABC):
         # slot: only the provider call sits between the slot and the request reaching it.
         wait_s = await self.limiter.reserve() if self.limiter is not None else 0.0
         lease_s = self.settings.lease_s + wait_s
-        row = await self.in_tx(lambda c: self.table.claim(c, row_id, lease_s))
+        row = await self.in_statement(lambda c: self.table.claim(c, row_id, lease_s))
         if row is None:
             return await self._not_claimed(row_id, payload, headers)
         if self.limiter is not None:
@@ -103,7 +112,7 @@ class SendingHandler(ABC):
         except PermanentError as exc:
             self._observe(started, "permanent")
             error = str(exc)
-            await self.in_tx(lambda c: self.table.mark_failed(c, row_id, error))
+            await self.in_statement(lambda c: self.table.mark_failed(c, row_id, error))
             metrics.ATTEMPTS.labels(self.route, "FAILED").observe(row["attempts"])
             return "failed"
         self._observe(started, "accepted")
@@ -113,23 +122,40 @@ class SendingHandler(ABC):
             if await self.table.mark_sent(conn, row_id, provider_id):
                 await self.after_sent(conn, row_id, provider_id)
 
-        await self.in_tx(record)
+        await (self.in_statement if self._sent_in_one_statement else self.in_tx)(record)
         metrics.ATTEMPTS.labels(self.route, "SENT").observe(row["attempts"])
         return "sent"
 
     async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_DB),
-            stop=stop_after_delay(self.settings.db_retry_s),
-            wait=wait_exponential(multiplier=0.1, max=5),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        return await self._db(work, autocommit=False)
+
+    async def in_statement(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work`, a single statement, as its own transaction (autocommit: no BEGIN and
+        COMMIT round trips), retrying through a database restart like `in_tx`."""
+        return await self._db(work, autocommit=True)
+
+    async def _db(self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool) -> T:
+        # The connection is not pre-pinged: a lost one fails the first attempt, and the retry
+        # (what rides out a restart anyway) runs on a fresh one. Most calls take one attempt,
+        # without building a retry policy.
+        try:
+            return await self._attempt(work, autocommit=autocommit)
+        except TRANSIENT_DB:
+            pass
+        async for attempt in self._db_retry.copy():
             with attempt:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
+                return await self._attempt(work, autocommit=autocommit)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool
+    ) -> T:
+        async with connection(self.engine, autocommit=autocommit, pre_ping=False) as conn:
+            if autocommit:
+                return await work(conn)
+            async with conn.begin():
+                return await work(conn)
 
     def _observe(self, started: float, result: str) -> None:
         metrics.SEND_LATENCY.labels(self.provider_name).observe(time.perf_counter() - started)

@@ -3,7 +3,8 @@ pre-pinged pool's driver-level path for hot statements."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -22,7 +24,7 @@ from sqlalchemy.util import await_, greenlet_spawn
 from relaybox.common.settings import DatabaseSettings
 
 _FRESH = "relaybox_fresh"  # a connection record's info key: connected, not yet checked out
-# Set while `run_on_driver` checks a connection out: it tests the connection by using it.
+# Set while a caller that tests the connection by using it checks one out (no pre-ping).
 _UNPINGED: ContextVar[bool] = ContextVar("relaybox_unpinged_checkout", default=False)
 # What a lost connection raises: the socket's end, the server's goodbye (57P01 terminated,
 # 57P02 crash, 57P03 starting up), a connection asyncpg knows to be closed or is still busy
@@ -73,7 +75,7 @@ def _ping_on_checkout(engine: AsyncEngine) -> None:
         if driver.is_closed():  # the server's goodbye was already read: no round trip needed
             raise InvalidatePoolError("pre-ping: the connection is closed")
         if _UNPINGED.get():
-            return  # `run_on_driver` tests it by using it
+            return  # the caller tests it by using it
         try:
             await_(driver.fetchval(";"))
         except (*_LOST, asyncpg.PostgresError) as exc:
@@ -83,6 +85,27 @@ def _ping_on_checkout(engine: AsyncEngine) -> None:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded attributes after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def connection(
+    engine: AsyncEngine, *, autocommit: bool = False, pre_ping: bool = True
+) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection. `autocommit`: each statement is its own transaction (no BEGIN and
+    COMMIT round trips; for single statements). `pre_ping=False` saves the pre-ping's round
+    trip for callers that ride out a lost connection themselves (they retry); a connection
+    already known to be closed is still replaced."""
+    token = _UNPINGED.set(not pre_ping)
+    try:
+        conn = await engine.connect().start()
+    finally:
+        _UNPINGED.reset(token)
+    try:
+        if autocommit:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def run_on_driver(
