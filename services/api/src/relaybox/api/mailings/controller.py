@@ -181,7 +181,7 @@ class MailingController(Controller):
         "/{mailing_id:uuid}/resume",
         guards=SEND,
         status_code=200,
-        summary="Resume: PAUSED → RUNNING (409 otherwise)",
+        summary="Resume: PAUSED → RUNNING, or PARSING if paused before its parse ended",
     )
     async def resume(
         self,
