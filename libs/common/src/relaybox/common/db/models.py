@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 from typing import Any
@@ -38,20 +37,6 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
-
-
-class DeliveryStatus(enum.StrEnum):
-    """The forward-only status machine of every outbound message."""
-
-    PENDING = "PENDING"
-    SENDING = "SENDING"
-    SENT = "SENT"
-    DELIVERED = "DELIVERED"
-    READ = "READ"
-    FAILED = "FAILED"
-
-
-EMAIL_STATUSES = ("PENDING", "SENDING", "SENT", "FAILED")
 
 
 class Outbox(Base):
@@ -114,10 +99,6 @@ class IdempotencyKey(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-
-CHANNELS = ("whatsapp", "instagram")
-MESSAGE_STATUSES = ("RECEIVED", "PENDING", "SENDING", "SENT", "DELIVERED", "READ", "FAILED")
 
 
 class Conversation(Base):
@@ -223,9 +204,6 @@ class RateLimit(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     tat: Mapped[datetime] = mapped_column(server_default=func.now())
     paused_until: Mapped[datetime | None]
-
-
-MAILING_STATUSES = ("PARSING", "RUNNING", "PAUSED", "COMPLETED", "CANCELLED", "FAILED")
 
 
 class Mailing(Base):
