@@ -12,8 +12,18 @@ class DatabaseSettings(BaseModel):
     """PostgreSQL connection."""
 
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relaybox"
-    pool_size: int = Field(default=10, ge=1)
-    max_overflow: int = Field(default=10, ge=0)
+    pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="connections kept open; size it for the usual number of concurrent requests "
+        "(more is fine: a connection is opened when first needed)",
+    )
+    max_overflow: int = Field(
+        default=10,
+        ge=0,
+        description="extra connections under a burst, closed again when returned (opening one "
+        "costs a few ms of CPU: a pool too small for the steady load churns them)",
+    )
     pool_pre_ping: bool = Field(
         default=True, description="test each connection on checkout (survives a DB restart)"
     )

@@ -32,6 +32,7 @@ from relaybox.api.middleware import echo_request_id, request_id_middleware
 from relaybox.api.ratelimit import FixedWindowLimiter, rate_limit_middleware
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks.controller import MetaWebhookController
+from relaybox.api.webhooks.service import WebhookIntake
 from relaybox.common.db.session import create_engine, session_factory
 from relaybox.common.observability.tracing import configure_tracing
 
@@ -65,6 +66,7 @@ def create_app(
             yield session
 
     email_intake = EmailIntake(db_engine, settings.email_from, settings.idempotency_ttl_h)
+    webhook_intake = WebhookIntake(db_engine, settings.meta)
     auth = jwt_auth(settings)
     limiter = FixedWindowLimiter(settings.rate_limit.send_per_minute)
     request_spans = settings.tracing.request_spans
@@ -95,6 +97,7 @@ def create_app(
         dependencies={
             "db_session": Provide(provide_session),
             "email_intake": Provide(lambda: email_intake, sync_to_thread=False),
+            "webhook_intake": Provide(lambda: webhook_intake, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "clock": Provide(lambda: clock, sync_to_thread=False),
         },

@@ -9,11 +9,10 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import MediaType
 from litestar.params import HeaderParameter, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks import service
-from relaybox.api.webhooks.schemas import WebhookAck, parse_event
+from relaybox.api.webhooks.schemas import WebhookAck
 from relaybox.common.signing import SIGNATURE_HEADER
 
 
@@ -37,16 +36,12 @@ class MetaWebhookController(Controller):
     async def receive(
         self,
         request: Request[Any, Any, State],
-        db_session: NamedDependency[AsyncSession],
-        settings: NamedDependency[ApiSettings],
+        webhook_intake: NamedDependency[service.WebhookIntake],
         signature: Annotated[
             str | None, HeaderParameter(name=SIGNATURE_HEADER, required=False)
         ] = None,
     ) -> WebhookAck:
-        body = await request.body()
-        service.check_signature(settings.meta, body, signature)
-        event, payload = parse_event(body)
-        return await service.record_event(db_session, event, payload)
+        return await webhook_intake.receive(await request.body(), signature)
 
     @get(
         "/",

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+import msgspec
 from prometheus_client import Counter
-from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.conversations.service import upsert_conversation
+from relaybox.api.conversations.service import preview
 from relaybox.api.errors import ApiError
 from relaybox.api.settings import MetaGatewaySettings
-from relaybox.api.webhooks.schemas import InboundMessageEvent, StatusEvent, WebhookAck
-from relaybox.common.db.models import Message, WebhookEvent
+from relaybox.api.webhooks.schemas import (
+    InboundMessageEvent,
+    StatusEvent,
+    WebhookAck,
+    parse_event,
+)
+from relaybox.common.db.models import WebhookEvent
+from relaybox.common.db.session import connection, run_on_driver
 from relaybox.common.meta_status import (
     MESSAGE_KIND,
     PROVIDER,
@@ -77,79 +85,114 @@ def handshake(
     return challenge
 
 
-async def record_event(
-    session: AsyncSession, event: InboundMessageEvent | StatusEvent, payload: dict[str, Any]
-) -> WebhookAck:
-    if isinstance(event, StatusEvent):
-        ack = await _record_status(session, event, payload)
-    else:
-        ack = await _record_inbound(session, event, payload)
-    WEBHOOK_EVENTS.labels(PROVIDER, event.type, ack.status).inc()
-    return ack
+@dataclass(frozen=True)
+class WebhookIntake:
+    """POST /webhooks/mock-meta as one dependency: the engine it writes through and the
+    gateway's settings (one dependency, not two: Litestar resolves two or more in a task group
+    per request)."""
+
+    engine: AsyncEngine
+    settings: MetaGatewaySettings
+
+    async def receive(self, body: bytes, signature: str | None) -> WebhookAck:
+        """Check the signature of the raw body, parse it, record the event (see module doc)."""
+        check_signature(self.settings, body, signature)
+        event, payload = parse_event(body)
+        if isinstance(event, StatusEvent):
+            ack = await _record_status(self.engine, event, payload)
+        else:
+            ack = await _record_inbound(self.engine, event, payload)
+        WEBHOOK_EVENTS.labels(PROVIDER, event.type, ack.status).inc()
+        return ack
 
 
-async def _insert_event(session: AsyncSession, **values: Any) -> bool:
-    """True if the event is new (the row was inserted)."""
-    inserted = await session.scalar(
-        pg_insert(WebhookEvent)
-        .values(provider=PROVIDER, **values)
-        .on_conflict_do_nothing(index_elements=[WebhookEvent.provider, WebhookEvent.event_id])
-        .returning(WebhookEvent.id)
-    )
-    return inserted is not None
+# An inbound message is the hot path: ONE statement, hence one round trip and one (implicit)
+# transaction, records the event and, only if it is new, upserts the conversation and inserts the
+# message. A concurrent request with the same event waits on the first one's unique-index entry
+# and then, seeing it committed, inserts nothing; if the first rolled back, the second one writes.
+# The conversation upsert is `relaybox.api.conversations.service.upsert_conversation` for an
+# inbound message, spelled out in SQL: lastMessageAt and the preview only move forward, the
+# unread count goes up by one, and the thread reopens and leaves the archive.
+INBOUND_SQL = """
+WITH event AS (
+    INSERT INTO webhook_events (provider, event_id, kind, payload, applied_at)
+    VALUES ($1::text, $2::text, $3::text, $4::jsonb, now())
+    ON CONFLICT (provider, event_id) DO NOTHING
+    RETURNING id
+), conversation AS (
+    INSERT INTO conversations AS c
+        (id, channel, participant_id, unread_count, last_message_at, last_message_preview)
+    SELECT $5::uuid, $6::text, $7::text, 1, $8::timestamptz, $9::text FROM event
+    ON CONFLICT (channel, participant_id) DO UPDATE SET
+        last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at),
+        last_message_preview = CASE
+            WHEN c.last_message_at IS NULL OR EXCLUDED.last_message_at >= c.last_message_at
+            THEN EXCLUDED.last_message_preview ELSE c.last_message_preview END,
+        updated_at = now(),
+        unread_count = c.unread_count + 1,
+        status = 'open',
+        archived_at = NULL
+    RETURNING c.id
+), message AS (
+    INSERT INTO messages (id, conversation_id, direction, channel, participant_id, text, status,
+                          provider_event_id, sort_at)
+    SELECT $10::uuid, conversation.id, 'inbound', $6::text, $7::text, $11::text, 'RECEIVED',
+           $2::text, $8::timestamptz
+    FROM conversation
+    RETURNING 1
+)
+SELECT count(*) FROM message
+"""
 
 
 async def _record_inbound(
-    session: AsyncSession, event: InboundMessageEvent, payload: dict[str, Any]
+    engine: AsyncEngine, event: InboundMessageEvent, payload: dict[str, Any]
 ) -> WebhookAck:
-    """The event, the conversation upsert and the RECEIVED message, in one transaction."""
-    async with session.begin():
-        if not await _insert_event(
-            session,
-            event_id=event.event_id,
-            kind=MESSAGE_KIND,
-            payload=payload,
-            applied_at=func.now(),
-        ):
-            return WebhookAck(status="duplicate", event_id=event.event_id)
-        conversation_id = await upsert_conversation(
-            session,
-            channel=event.channel,
-            participant_id=event.from_,
-            at=event.timestamp,
-            text=event.text,
-            inbound=True,
-        )
-        await session.execute(
-            pg_insert(Message).values(
-                id=uuid.uuid4(),
-                conversation_id=conversation_id,
-                direction="inbound",
-                channel=event.channel,
-                participant_id=event.from_,
-                text=event.text,
-                status="RECEIVED",
-                provider_event_id=event.event_id,
-                sort_at=event.timestamp,
-            )
-        )
-    return WebhookAck(status="processed", event_id=event.event_id)
+    """The event, the conversation upsert and the RECEIVED message, in one statement."""
+    args = (
+        PROVIDER,
+        event.event_id,
+        MESSAGE_KIND,
+        msgspec.json.encode(payload).decode(),
+        uuid.uuid4(),
+        event.channel,
+        event.from_,
+        event.timestamp,
+        preview(event.text),
+        uuid.uuid4(),
+        event.text,
+    )
+
+    async def record(conn: asyncpg.Connection, repeated: bool) -> bool:
+        # Safe to repeat: a repeat whose first run committed finds the event and writes nothing.
+        written: int = await conn.fetchval(INBOUND_SQL, *args)
+        return written == 1
+
+    if await run_on_driver(engine, record):
+        return WebhookAck(status="processed", event_id=event.event_id)
+    return WebhookAck(status="duplicate", event_id=event.event_id)
 
 
 async def _record_status(
-    session: AsyncSession, event: StatusEvent, payload: dict[str, Any]
+    engine: AsyncEngine, event: StatusEvent, payload: dict[str, Any]
 ) -> WebhookAck:
     """The event, then every pending event of its message applied (forward only), if the
     message is known by its provider id yet; otherwise the event waits for the consumer."""
-    async with session.begin():
-        if not await _insert_event(
-            session,
-            event_id=event.event_id,
-            kind=STATUS_KIND,
-            provider_message_id=event.provider_message_id,
-            status=WEBHOOK_STATUSES[event.status],
-            payload=payload,
-        ):
+    async with connection(engine) as conn, conn.begin():
+        inserted = await conn.scalar(
+            pg_insert(WebhookEvent)
+            .values(
+                provider=PROVIDER,
+                event_id=event.event_id,
+                kind=STATUS_KIND,
+                provider_message_id=event.provider_message_id,
+                status=WEBHOOK_STATUSES[event.status],
+                payload=payload,
+            )
+            .on_conflict_do_nothing(index_elements=[WebhookEvent.provider, WebhookEvent.event_id])
+            .returning(WebhookEvent.id)
+        )
+        if inserted is None:
             return WebhookAck(status="duplicate", event_id=event.event_id)
-        applied = await apply_status_events(session, event.provider_message_id)
+        applied = await apply_status_events(conn, event.provider_message_id)
     return WebhookAck(status="processed" if applied else "pending", event_id=event.event_id)
