@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
 from relaybox.consumer.service import serve
 from relaybox.consumer.settings import ConsumerSettings
@@ -12,7 +11,7 @@ from relaybox.consumer.settings import ConsumerSettings
 def run() -> None:
     settings = ConsumerSettings()
     configure_logging("consumer", settings.log)
-    asyncio.run(serve(settings))
+    runtime.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from relaybox.common.db.session import connection
+from relaybox.common.db.session import connection, run_on_driver
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
 from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
-from relaybox.common.ratelimit import RateLimiter
+from relaybox.common.ratelimit import RateLimiter, Slot
 from relaybox.consumer import metrics
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.errors import PoisonMessageError
@@ -93,13 +93,13 @@ class SendingHandler(ABC):
         row_id = self.row_id(payload)
         # Book a global slot first and claim for the wait plus the lease, then sleep until the
         # slot: only the provider call sits between the slot and the request reaching it.
-        wait_s = await self.limiter.reserve() if self.limiter is not None else 0.0
-        lease_s = self.settings.lease_s + wait_s
+        slot = await self.limiter.reserve() if self.limiter is not None else Slot()
+        lease_s = self.settings.lease_s + slot.wait_s
         row = await self.in_statement(lambda c: self.table.claim(c, row_id, lease_s))
         if row is None:
             return await self._not_claimed(row_id, payload, headers)
         if self.limiter is not None:
-            await self.limiter.wait(wait_s)
+            await self.limiter.wait(slot)
         failpoint(f"{self.route}.after_claim", self.settings.faults)
         started = time.perf_counter()
         try:
@@ -118,44 +118,45 @@ class SendingHandler(ABC):
         self._observe(started, "accepted")
         failpoint(f"{self.route}.after_send", self.settings.faults)
 
-        async def record(conn: AsyncConnection) -> None:
-            if await self.table.mark_sent(conn, row_id, provider_id):
-                await self.after_sent(conn, row_id, provider_id)
+        if self._sent_in_one_statement:
+            await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
+        else:
 
-        await (self.in_statement if self._sent_in_one_statement else self.in_tx)(record)
+            async def record(conn: AsyncConnection) -> None:
+                if await self.table.mark_sent(conn, row_id, provider_id):
+                    await self.after_sent(conn, row_id, provider_id)
+
+            await self.in_tx(record)
         metrics.ATTEMPTS.labels(self.route, "SENT").observe(row["attempts"])
         return "sent"
 
     async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
-        return await self._db(work, autocommit=False)
 
-    async def in_statement(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `work`, a single statement, as its own transaction (autocommit: no BEGIN and
-        COMMIT round trips), retrying through a database restart like `in_tx`."""
-        return await self._db(work, autocommit=True)
+        async def attempt() -> T:
+            # Not pre-pinged: a lost connection fails this attempt and the retry runs on a
+            # fresh one (what rides out a restart anyway).
+            async with connection(self.engine, pre_ping=False) as conn, conn.begin():
+                return await work(conn)
 
-    async def _db(self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool) -> T:
-        # The connection is not pre-pinged: a lost one fails the first attempt, and the retry
-        # (what rides out a restart anyway) runs on a fresh one. Most calls take one attempt,
-        # without building a retry policy.
+        return await self._db(attempt)
+
+    async def in_statement(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work`, a single statement, on a bare driver connection in autocommit (no BEGIN
+        and COMMIT round trips, no SQLAlchemy statement handling), retrying through a database
+        restart like `in_tx`. `work` must be safe to repeat after a lost connection."""
+        return await self._db(lambda: run_on_driver(self.engine, lambda conn, _: work(conn)))
+
+    async def _db(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        # Most calls take one attempt, without building a retry policy.
         try:
-            return await self._attempt(work, autocommit=autocommit)
+            return await attempt()
         except TRANSIENT_DB:
             pass
-        async for attempt in self._db_retry.copy():
-            with attempt:
-                return await self._attempt(work, autocommit=autocommit)
+        async for retry in self._db_retry.copy():
+            with retry:
+                return await attempt()
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool
-    ) -> T:
-        async with connection(self.engine, autocommit=autocommit, pre_ping=False) as conn:
-            if autocommit:
-                return await work(conn)
-            async with conn.begin():
-                return await work(conn)
 
     def _observe(self, started: float, result: str) -> None:
         metrics.SEND_LATENCY.labels(self.provider_name).observe(time.perf_counter() - started)

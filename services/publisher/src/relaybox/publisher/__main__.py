@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
 from relaybox.publisher.service import serve
 from relaybox.publisher.settings import PublisherSettings
@@ -12,7 +11,7 @@ from relaybox.publisher.settings import PublisherSettings
 def run() -> None:
     settings = PublisherSettings()
     configure_logging("publisher", settings.log)
-    asyncio.run(serve(settings))
+    runtime.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,11 @@ class MailingRecipient(Base):
         UniqueConstraint("mailing_id", "email_key"),
         CheckConstraint("status IN ('PENDING', 'QUEUED', 'CANCELLED')", name="status_known"),
         Index("ix_mailing_recipients_mailing_id_status_id", "mailing_id", "status", "id"),
-        Index("ix_mailing_recipients_email_id", "email_id"),
+        Index(
+            "ix_mailing_recipients_email_id",
+            "email_id",
+            postgresql_where=sql_text("email_id IS NOT NULL"),  # set when queued (0004)
+        ),
     )
 
 
