@@ -67,6 +67,26 @@ async def test_sends_and_reuses_one_token(provider: EmailApiProvider, mock_url: 
     assert counters["tokensIssued"] == 1
 
 
+async def test_prepare_fetches_the_token_ahead_of_the_send(
+    provider: EmailApiProvider, mock_url: str
+) -> None:
+    await provider.prepare()
+    assert (await stats(mock_url))["tokensIssued"] == 1
+    await provider.send(email())  # no token request between the slot and the send
+    counters = await stats(mock_url)
+    assert (counters["tokensIssued"], counters["accepted"]) == (1, 1)
+
+
+async def test_prepare_leaves_a_token_failure_to_the_send(mock_url: str) -> None:
+    api = EmailApiProvider(EmailApiSettings(base_url=mock_url, password=SecretStr("wrong-pw")))
+    try:
+        await api.prepare()  # does not raise: the send reports it, classified
+        with pytest.raises(RetryableError):
+            await api.send(email())
+    finally:
+        await api.close()
+
+
 async def test_concurrent_sends_share_one_refresh(
     provider: EmailApiProvider, mock_url: str
 ) -> None:

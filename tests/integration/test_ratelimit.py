@@ -6,12 +6,14 @@ Only lower bounds on time are asserted (a slow machine can be late, never early)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.session import create_engine
-from relaybox.common.ratelimit import RateLimiter
+from relaybox.common.ratelimit import DatabaseClock, RateLimiter, Slot
 from relaybox.common.settings import DatabaseSettings
 
 EPSILON = 0.005
@@ -61,3 +63,41 @@ async def test_keys_are_independent(engine: AsyncEngine) -> None:
     for _ in range(5):
         await fast.acquire()
     assert time.monotonic() - started < 30  # the other key's pause did not apply
+
+
+async def test_a_slot_woken_for_too_late_is_given_up_and_booked_again(engine: AsyncEngine) -> None:
+    limiter = RateLimiter(engine, "test.late", 1000.0, safety=0.02)
+    labels = {"key": "test.late"}
+    before = REGISTRY.get_sample_value("relaybox_ratelimit_forfeited_slots_total", labels) or 0
+    await limiter.wait(Slot(time.monotonic() - 1.0))  # as if the process had stalled for 1 s
+    after = REGISTRY.get_sample_value("relaybox_ratelimit_forfeited_slots_total", labels)
+    assert after == before + 1
+
+
+async def test_slots_of_replicas_are_spaced_on_the_databases_clock(
+    engine: AsyncEngine, db_settings: DatabaseSettings
+) -> None:
+    """Two replicas booking in turn get local slots one interval apart, whatever the round
+    trips: both map the database's clock, not "seconds from now", to their own."""
+    rate = 20.0
+    other_engine = create_engine(db_settings)
+    try:
+        first = RateLimiter(engine, "test.clock", rate)
+        second = RateLimiter(other_engine, "test.clock", rate)
+        slots = []
+        for limiter in (first, second, first, second):
+            slots.append((await limiter.reserve()).at)
+    finally:
+        await other_engine.dispose()
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert all(abs(gap - 1 / rate) < 0.015 for gap in gaps), gaps
+
+
+def test_the_clock_keeps_the_reading_with_the_shortest_round_trip() -> None:
+    clock = DatabaseClock()
+    clock.observe(db_now=1000.010, sent=10.0, received=10.020)  # 20 ms round trip
+    clock.observe(db_now=1000.0505, sent=10.050, received=10.051)  # 1 ms: a better reading
+    assert abs(clock.offset - 990.0) < 0.001
+    clock.observe(db_now=1000.200, sent=10.100, received=10.150)  # 50 ms, off by 75 ms: ignored
+    assert abs(clock.offset - 990.0) < 0.001
+    assert abs(clock.to_monotonic(1001.0) - 11.0) < 0.001

@@ -11,12 +11,19 @@ replica that booked its slot before the pause learns of it by a check shortly *b
 (`PAUSE_CHECK_LEAD_S`; checking after the sleep would put that round trip between the slot and
 the request) and books again once the pause is over.
 
+A slot is also given up when the process wakes for it too late (a busy event loop, a collection,
+the scheduler): sending then would put this request right behind the next replica's, and a
+provider that counts requests in a sliding window sees a burst. The margin that absorbs such
+jitter is `safety` (the interval is stretched by that fraction: over a window of W seconds,
+arrivals can drift by `safety * W` and still fit); a caller later than half of it books again.
+
 Every statement runs alone on the pooled driver connection, in autocommit: one round trip each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -33,20 +40,31 @@ WAIT = Histogram(
     buckets=(0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
 )
 PAUSES = Counter("relaybox_ratelimit_pauses_total", "Provider pauses (429 Retry-After)", ("key",))
+FORFEITED = Counter(
+    "relaybox_ratelimit_forfeited_slots_total",
+    "Slots given up because the process woke too late for them (and booked again)",
+    ("key",),
+)
 
 PAUSE_CHECK_LEAD_S = 0.02
 """How long before its slot a booked replica checks for a pause set since it booked."""
+MAX_FORFEITS = 3
+"""Late slots given up in a row before a caller sends anyway (a machine too busy to keep time
+must still make progress; the provider's 429, if it comes, is handled as usual)."""
 
 # Book the slot after the theoretical arrival time (or now, or the end of a pause, whichever is
-# latest) and answer how far ahead it starts. The first booking of a key creates its row.
+# latest) and answer when it starts, and the time now, both on the database's clock. The first
+# booking of a key creates its row.
 _BOOK = """
 INSERT INTO rate_limits AS r (key, tat)
 VALUES ($1::text, clock_timestamp() + make_interval(secs => $2::float8))
 ON CONFLICT (key) DO UPDATE SET
     tat = greatest(r.tat, clock_timestamp(), coalesce(r.paused_until, '-infinity'))
           + make_interval(secs => $2::float8)
-RETURNING extract(epoch FROM r.tat - make_interval(secs => $2::float8) - clock_timestamp())
+RETURNING extract(epoch FROM r.tat - make_interval(secs => $2::float8))::float8 AS slot,
+          extract(epoch FROM clock_timestamp())::float8 AS now
 """
+_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 _PAUSED_FOR = """
 SELECT greatest(0, coalesce(extract(epoch FROM paused_until - clock_timestamp()), 0))::float8
 FROM rate_limits WHERE key = $1::text
@@ -71,6 +89,43 @@ class Slot:
         return max(0.0, self.at - time.monotonic())
 
 
+CALIBRATION_READINGS = 5
+"""Readings of the database clock taken one after the other before a process's first booking
+(concurrent first bookings have long round trips: a poor first offset)."""
+OFFSET_REFRESH_S = 30.0
+"""After this long, a noisier reading may replace the database clock offset (the clocks drift)."""
+
+
+@dataclass
+class DatabaseClock:
+    """This process's `time.monotonic()` mapped to the database's clock, the clock of every
+    slot: each replica turns the same slot into the same local moment.
+
+    The offset comes from the bookings themselves, NTP-style: a booking's answer carries the
+    database's `clock_timestamp()`, read at some moment between sending the statement and
+    reading its answer, so the reading with the shortest round trip pins the offset closest
+    (to within half of it). Counting "seconds ahead" from either end of the round trip instead
+    moves the slot by a waited-for row lock or a busy event loop: tens of milliseconds, enough
+    to put two replicas' requests back to back.
+    """
+
+    offset: float = 0.0  # database epoch seconds minus monotonic seconds
+    round_trip: float = math.inf
+    learned_at: float = -math.inf
+
+    def observe(self, db_now: float, sent: float, received: float) -> None:
+        """Learn from one reading of the database clock taken between `sent` and `received`."""
+        round_trip = received - sent
+        stale = received - self.learned_at > OFFSET_REFRESH_S
+        if round_trip <= self.round_trip or (stale and round_trip <= 2 * self.round_trip + 0.001):
+            self.offset = db_now - (sent + received) / 2
+            self.round_trip = round_trip
+            self.learned_at = received
+
+    def to_monotonic(self, db_time: float) -> float:
+        return db_time - self.offset
+
+
 @dataclass
 class RateLimiter:
     """`rate` acquisitions per second for `key`, across every process sharing the database."""
@@ -79,33 +134,67 @@ class RateLimiter:
     key: str
     rate: float
     safety: float = 0.0  # fraction added to the interval (a margin against arrival jitter)
+    _clock: DatabaseClock = field(default_factory=lambda: DatabaseClock())
+    _calibrating: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def interval(self) -> float:
         return (1.0 / self.rate) * (1.0 + self.safety)
 
+    @property
+    def late_limit_s(self) -> float:
+        """How late a waiter may wake for its slot and still use it: half the drift the
+        safety margin absorbs over the provider's window (taken as 1 s, or one interval for
+        rates under 1/s), and never under 5 ms."""
+        window_s = max(1.0, 1.0 / self.rate)
+        return max(0.005, self.safety * window_s / 2)
+
+    async def calibrate(self) -> None:
+        """Read the database clock a few times in a row (done once, before the first booking)."""
+        async with self._calibrating:
+            if self._clock.learned_at > -math.inf:
+                return
+
+            async def read(conn: asyncpg.Connection, _repeated: bool) -> None:
+                for _ in range(CALIBRATION_READINGS):
+                    sent = time.monotonic()
+                    db_now = await conn.fetchval(_CLOCK)
+                    self._clock.observe(db_now, sent, time.monotonic())
+
+            await run_on_driver(self.engine, read)
+
     async def reserve(self) -> Slot:
         """Book the next free slot."""
+        if self._clock.learned_at == -math.inf:
+            await self.calibrate()
 
-        async def book(conn: asyncpg.Connection, _repeated: bool) -> float:
+        async def book(conn: asyncpg.Connection, _repeated: bool) -> Slot:
             # A repeat after a lost connection may book a second slot: one slot goes unused.
-            return float(await conn.fetchval(_BOOK, self.key, self.interval) or 0.0)
+            sent = time.monotonic()
+            row = await conn.fetchrow(_BOOK, self.key, self.interval)
+            self._clock.observe(row["now"], sent, time.monotonic())
+            return Slot(self._clock.to_monotonic(row["slot"]))
 
-        ahead = await run_on_driver(self.engine, book)
-        return Slot(time.monotonic() + max(0.0, ahead))
+        return await run_on_driver(self.engine, book)
 
     async def wait(self, slot: Slot) -> float:
         """Sleep until `slot`; if a 429 paused the key since it was booked, wait out the pause
-        and book again. Returns the seconds waited."""
+        and book again; if this process woke too late for the slot, book again. Returns the
+        seconds waited."""
         started = time.monotonic()
+        forfeits = 0
         while True:
             await asyncio.sleep(max(0.0, slot.wait_s - PAUSE_CHECK_LEAD_S))
             paused = await self._paused_for()
-            if paused <= 0:
-                break
-            await asyncio.sleep(paused)
+            if paused > 0:
+                await asyncio.sleep(paused)
+            else:
+                await asyncio.sleep(slot.wait_s)
+                if time.monotonic() - slot.at <= self.late_limit_s or forfeits >= MAX_FORFEITS:
+                    break
+                forfeits += 1
+                FORFEITED.labels(self.key).inc()
             slot = await self.reserve()
-        await asyncio.sleep(slot.wait_s)
         waited = time.monotonic() - started
         WAIT.labels(self.key).observe(waited)
         return waited

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,5 +21,15 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the fastest loop available."""
+    freeze_startup_objects()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (modules, classes, settings: the bulk of a service's
+    objects, alive until exit) out of the garbage collector's view. A full collection then
+    scans only what the service allocated since, instead of pausing the event loop for tens of
+    milliseconds (which delays every timer: a rate limiter's slot among them)."""
+    gc.collect()
+    gc.freeze()

@@ -10,6 +10,7 @@ import uvicorn
 from relaybox.api.app import create_app
 from relaybox.api.auth import ALL_SCOPES, InsecureSecretError, issue_token
 from relaybox.api.settings import ApiSettings
+from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
 
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except InsecureSecretError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    runtime.freeze_startup_objects()
     uvicorn.run(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", access_log=False
     )

@@ -72,6 +72,10 @@ class SendingHandler(ABC):
     async def send(self, row: dict[str, Any]) -> str:
         """Call the provider once for a claimed row; return the provider's id."""
 
+    async def prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Whatever must happen before a send can start at once (authenticating, ...): done
+        before a rate-limit slot is booked, so that it never delays the request past its slot."""
+
     def row_id(self, payload: dict[str, Any]) -> Any:
         """The row a message points at."""
         try:
@@ -91,6 +95,7 @@ class SendingHandler(ABC):
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """Process one delivery; returns the outcome label. Safe to call twice for one message."""
         row_id = self.row_id(payload)
+        await self.prepare()
         # Book a global slot first and claim for the wait plus the lease, then sleep until the
         # slot: only the provider call sits between the slot and the request reaching it.
         slot = await self.limiter.reserve() if self.limiter is not None else Slot()

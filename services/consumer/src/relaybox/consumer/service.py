@@ -61,6 +61,7 @@ class Consumer:
     """Everything one consumer replica runs: the worker, its providers, sweeper and dispatcher."""
 
     worker: Worker
+    email: EmailProvider
     providers: list[Provider]
     sweeper: Sweeper
     dispatcher: Dispatcher
@@ -91,7 +92,7 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))
     return Consumer(
-        Worker(settings, engine, topology, handlers), [email, meta], sweeper, dispatcher
+        Worker(settings, engine, topology, handlers), email, [email, meta], sweeper, dispatcher
     )
 
 
@@ -120,6 +121,8 @@ async def serve(settings: ConsumerSettings) -> None:
     """Run one consumer replica until SIGTERM/SIGINT, then drain and close."""
     consumer = create_consumer(settings)
     worker = consumer.worker
+    # Authenticate before the first message: the first sends then go out on their slots.
+    await consumer.email.prepare()
     await worker.start()
     health = HealthServer(settings.consumer, worker.ready)
     await health.start()

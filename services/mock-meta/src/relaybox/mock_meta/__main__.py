@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
 from relaybox.mock_meta.app import create_app
 from relaybox.mock_meta.settings import MockMetaSettings
@@ -17,6 +18,7 @@ def run() -> None:
     configure_logging("mock-meta", settings.log)
     _quiet_smtp_transcript()
     app = create_app(settings)
+    runtime.freeze_startup_objects()
     uvicorn.run(app, host=settings.mock_meta.host, port=settings.mock_meta.port, log_config=None)
 
 

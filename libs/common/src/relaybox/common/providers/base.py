@@ -45,6 +45,11 @@ class EmailProvider(Protocol):
 
     name: str
 
+    async def prepare(self) -> None:
+        """Be ready to send without delay (a fresh token, ...); called before a rate-limit
+        slot is booked."""
+        ...
+
     async def send(self, email: OutgoingEmail) -> str:
         """Send once; return the provider's accepted id."""
         ...

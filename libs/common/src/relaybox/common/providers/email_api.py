@@ -8,6 +8,7 @@ process, and never appears in a log line or an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 from relaybox.common.providers.base import (
     OutgoingEmail,
     PermanentError,
+    ProviderError,
     RateLimitedError,
     RetryableError,
 )
@@ -46,7 +48,11 @@ class EmailApiSettings(BaseModel):
         default=0.1, gt=0, description="across every consumer replica (contract: 1 per 10 s)"
     )
     rate_safety: float = Field(
-        default=0.05, ge=0, le=1, description="fraction added to the interval against jitter"
+        default=0.03,
+        ge=0,
+        le=1,
+        description="fraction added to the interval: over a window of W seconds the replicas' "
+        "requests may then arrive up to safety * W late (0.03: 30 ms per second) and still fit",
     )
 
     def secret(self) -> str:
@@ -122,6 +128,12 @@ class EmailApiProvider:
     def __init__(self, settings: EmailApiSettings) -> None:
         self._client = httpx.AsyncClient(base_url=settings.base_url, timeout=settings.timeout_s)
         self.tokens = TokenSource(self._client, settings)
+
+    async def prepare(self) -> None:
+        """A token valid for the send (fetched now, not after a rate-limit slot has begun).
+        A failure here surfaces again, classified, from `send`."""
+        with contextlib.suppress(ProviderError):
+            await self.tokens.get()
 
     async def send(self, email: OutgoingEmail) -> str:
         body = {"to": email.to, "subject": email.subject, "body": email.text or email.html or ""}

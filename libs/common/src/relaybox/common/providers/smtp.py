@@ -135,6 +135,9 @@ class SmtpProvider:
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._slots = asyncio.Semaphore(settings.pool_size)
 
+    async def prepare(self) -> None:
+        """Nothing to do ahead: sessions are opened (and kept) by `send`."""
+
     async def send(self, email: OutgoingEmail) -> str:
         raw = render_simple(email)
         async with self._slots:

@@ -44,6 +44,9 @@ class EmailHandler(SendingHandler):
         _token.set(token if isinstance(token, str) else None)
         return await super().handle(payload, headers)
 
+    async def prepare(self) -> None:
+        await self.provider.prepare()
+
     def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in payload.items() if k != "token"}
 
