@@ -7,6 +7,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,3 +35,37 @@ def test_migrations_downgrade_and_upgrade(database_url: str) -> None:
         upgrade(url)
     finally:
         drop_database(url)
+
+
+async def test_deleting_a_mailing_deletes_its_recipients_and_errors(engine: AsyncEngine) -> None:
+    """What ON DELETE CASCADE did before migration 0004 dropped the per-row foreign keys."""
+    kept, deleted = uuid.uuid4(), uuid.uuid4()
+    async with engine.begin() as conn:
+        for mailing_id in (kept, deleted):
+            await conn.execute(
+                text(
+                    "INSERT INTO mailings (id, client_id, subject, body_template, file_sha256,"
+                    " file_bytes) VALUES (:id, 'c', 's', 'b', repeat('0', 64), 1)"
+                ),
+                {"id": mailing_id},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO mailing_recipients (mailing_id, row_number, email, email_key)"
+                    " VALUES (:id, 2, 'A@x.example', 'a@x.example')"
+                ),
+                {"id": mailing_id},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO mailing_errors (mailing_id, row_number, raw_value, reason)"
+                    " VALUES (:id, 3, 'nope', 'not an address')"
+                ),
+                {"id": mailing_id},
+            )
+        await conn.execute(text("DELETE FROM mailings WHERE id = :id"), {"id": deleted})
+        left = {
+            table: set((await conn.execute(text(f"SELECT mailing_id FROM {table}"))).scalars())
+            for table in ("mailing_recipients", "mailing_errors")
+        }
+    assert left == {"mailing_recipients": {kept}, "mailing_errors": {kept}}

@@ -255,17 +255,19 @@ class MailingChunk(Base):
 
 
 class MailingRecipient(Base):
-    """One valid, de-duplicated address of a mailing; its email row carries the delivery."""
+    """One valid, de-duplicated address of a mailing; its email row carries the delivery.
+
+    `mailing_id` has no foreign key (migration 0004: its per-row check was a third of a bulk
+    ingest's database work); a trigger on `mailings` deletes a mailing's recipients and errors.
+    """
 
     __tablename__ = "mailing_recipients"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    mailing_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("mailings.id", ondelete="CASCADE")
-    )
+    mailing_id: Mapped[uuid.UUID] = mapped_column(UUID)
     row_number: Mapped[int] = mapped_column(Integer)
     email: Mapped[str] = mapped_column(String(320))
-    email_key: Mapped[str] = mapped_column(String(320))
+    email_key: Mapped[str] = mapped_column(String(320, collation="C"))  # equality only
     status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
     email_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     token_hash: Mapped[str | None] = mapped_column(String(64))
@@ -288,9 +290,7 @@ class MailingError(Base):
 
     __tablename__ = "mailing_errors"
 
-    mailing_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("mailings.id", ondelete="CASCADE"), primary_key=True
-    )
+    mailing_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)  # no FK: see above
     row_number: Mapped[int] = mapped_column(Integer, primary_key=True)
     raw_value: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
