@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from opentelemetry import trace
 
 from relaybox.common.settings import LogSettings
@@ -16,6 +16,7 @@ from relaybox.common.settings import LogSettings
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # anything JSON has no type for, as its str()
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,7 +45,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line).decode()
 
 
 def configure_logging(service: str, settings: LogSettings) -> None:
