@@ -22,7 +22,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 
-POOL_MIN, POOL_MAX = 20, 30  # the real API's SQLAlchemy pool: pool_size 20 + max_overflow 10
+POOL_MIN, POOL_MAX = 30, 40  # the real API's SQLAlchemy pool: pool_size 30 + max_overflow 10
 
 INSERT_EMAIL = """
 INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body, html_body)

@@ -13,7 +13,7 @@ class DatabaseSettings(BaseModel):
 
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relaybox"
     pool_size: int = Field(
-        default=20,
+        default=30,
         ge=1,
         description="connections kept open; size it for the usual number of concurrent requests "
         "(more is fine: a connection is opened when first needed)",
