@@ -294,6 +294,23 @@ async def test_multi_column_file_without_email_column_fails(
     assert await recipients(engine, mailing_id) == []
 
 
+async def test_a_parse_that_crashes_ends_failed_instead_of_in_the_dlq(
+    engine: AsyncEngine, handler: MailingParseHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailing_id = await create_mailing(engine, b"email\nann@example.com\n")
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("relaybox.consumer.mailings.handler.ingest", broken)
+    assert await handler.handle({"id": str(mailing_id)}, {}) == "failed"
+
+    row = await mailing(engine, mailing_id)
+    assert row["status"] == "FAILED"
+    assert row["error"] == "the file could not be parsed: internal error (RuntimeError)"
+    assert row["finished_at"] is not None
+
+
 async def test_empty_file_fails(engine: AsyncEngine) -> None:
     mailing_id = await create_mailing(engine, b"email\r\n\r\n")
     assert (await ingest(engine, mailing_id, MailingParseSettings())).outcome == "failed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -18,12 +19,20 @@ from relaybox.consumer.errors import PoisonMessageError
 from relaybox.consumer.mailings.ingest import MailingParseSettings, ParseResult, ingest
 from relaybox.consumer.settings import ConsumerSettings
 
+log = logging.getLogger(__name__)
+
 ROWS = Counter(
     "relaybox_mailing_rows_parsed_total",
     "Data rows of parsed mailing files, by result (valid, invalid, duplicate)",
     ("result",),
 )
 STATE = text("SELECT status, rows_total FROM mailings WHERE id = :id")
+GIVE_UP = text(
+    """
+    UPDATE mailings SET status = 'FAILED', error = :error, finished_at = now(), updated_at = now()
+    WHERE id = :id AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+    """
+)
 # Worth parsing again once the database is back (a restart, a failover, a deadlock); any other
 # error is a bug and goes to the worker (requeued, dead-lettered past the delivery limit).
 TRANSIENT = (
@@ -76,6 +85,23 @@ class MailingParseHandler:
 
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         mailing_id = self.mailing_id(payload)
+        try:
+            return await self._parse(mailing_id)
+        except PoisonMessageError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the database is still away past db_retry_s: the worker requeues it
+            # Anything else is a bug that another delivery would hit again: left to the worker,
+            # the message would end in the DLQ and the mailing stay PARSING for good. It ends
+            # FAILED instead, with what went wrong (the traceback is in the log).
+            log.exception("mailing parse failed", extra={"mailing_id": str(mailing_id)})
+            error = f"the file could not be parsed: internal error ({type(exc).__name__})"
+            async with self.engine.begin() as conn:
+                await conn.execute(GIVE_UP, {"id": mailing_id, "error": error})
+            return "failed"
+
+    async def _parse(self, mailing_id: uuid.UUID) -> str:
         async for attempt in self._retrying():
             with attempt:
                 async with self.engine.connect() as conn:
