@@ -75,3 +75,21 @@ async def test_two_sweepers_never_take_the_same_row(
     assert sorted(first + second) == sorted(stuck)
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM outbox")) == 120
+
+
+async def test_expired_idempotency_answers_are_purged(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for key, hours in (("old", 72), ("recent", 1)):
+            await conn.execute(
+                text(
+                    "INSERT INTO idempotency_keys (client_id, scope, key, request_hash,"
+                    " status_code, response, created_at) VALUES ('c', 'email.send', :key,"
+                    " repeat('0', 64), 202, '{}', now() - make_interval(hours => :hours))"
+                ),
+                {"key": key, "hours": hours},
+            )
+    sweeper = Sweeper(engine, [EMAILS], idempotency_retention_s=48 * 3600)
+    assert await sweeper.purge_idempotency_keys() == 1
+    async with engine.connect() as conn:
+        left = (await conn.execute(text("SELECT key FROM idempotency_keys"))).scalars().all()
+    assert left == ["recent"]

@@ -36,6 +36,12 @@ class ConsumerSettings(ServiceSettings):
         default=100, ge=1, description="queued mailing emails when the provider has no limit"
     )
     mailings: MailingParseSettings = MailingParseSettings()
+    idempotency_retention_h: float = Field(
+        default=48.0,
+        gt=0,
+        description="stored Idempotency-Key answers are deleted after this long (keep it above "
+        "the API's RELAYBOX_IDEMPOTENCY_TTL_H, the window in which they are replayed)",
+    )
     stale_pending_s: float = Field(
         default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
     )

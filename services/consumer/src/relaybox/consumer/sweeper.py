@@ -1,4 +1,5 @@
-"""The sweeper: re-enqueue outbound rows stuck past their lease, through the outbox.
+"""The sweeper: re-enqueue outbound rows stuck past their lease, through the outbox; and delete
+stored Idempotency-Key answers nobody can replay any more.
 
 Each sweep takes a batch with `FOR UPDATE SKIP LOCKED` and bumps `updated_at`, so several
 sweepers (one per consumer replica) never take the same row.
@@ -18,6 +19,19 @@ from relaybox.consumer.delivery import DeliveryTable
 
 log = logging.getLogger(__name__)
 REQUEUED = Counter("relaybox_sweeper_requeued_total", "Stuck rows re-enqueued", ("table",))
+PURGED = Counter(
+    "relaybox_idempotency_keys_purged_total", "Expired Idempotency-Key answers deleted"
+)
+PURGE = text(
+    """
+    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM idempotency_keys
+        WHERE created_at < now() - make_interval(secs => :keep_s)
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ))
+    """
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,8 @@ class Sweeper:
     routes: list[SweptRoute]
     stale_pending_s: float = 900.0
     batch_size: int = 500
+    idempotency_retention_s: float = 48 * 3600.0
+    purge_batch_size: int = 5000
 
     async def sweep_table(self, swept: SweptRoute) -> list[str]:
         """One batch of one table; the ids this sweeper took (and re-enqueued)."""
@@ -68,6 +84,17 @@ class Sweeper:
             )
         return ids
 
+    async def purge_idempotency_keys(self) -> int:
+        """Delete one batch of stored answers older than the retention; how many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                PURGE, {"keep_s": self.idempotency_retention_s, "limit": self.purge_batch_size}
+            )
+        PURGED.inc(result.rowcount)
+        return result.rowcount
+
     async def sweep(self) -> int:
-        """Sweep every table once; how many rows were re-enqueued."""
-        return sum([len(await self.sweep_table(r)) for r in self.routes])
+        """Sweep every table once, and purge expired keys; how many rows were re-enqueued."""
+        requeued = sum([len(await self.sweep_table(r)) for r in self.routes])
+        await self.purge_idempotency_keys()
+        return requeued

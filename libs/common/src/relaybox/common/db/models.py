@@ -100,6 +100,8 @@ class IdempotencyKey(Base):
     response: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)  # the purge
+
 
 class Conversation(Base):
     """A customer thread on one channel; one per (channel, participant)."""
