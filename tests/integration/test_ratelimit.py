@@ -9,11 +9,18 @@ import asyncio
 import itertools
 import time
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.session import create_engine
-from relaybox.common.ratelimit import DatabaseClock, RateLimiter, Slot
+from relaybox.common.ratelimit import (
+    WARM_UP_S,
+    WARM_UP_SAFETY,
+    DatabaseClock,
+    RateLimiter,
+    Slot,
+)
 from relaybox.common.settings import DatabaseSettings
 
 EPSILON = 0.005
@@ -101,3 +108,10 @@ def test_the_clock_keeps_the_reading_with_the_shortest_round_trip() -> None:
     clock.observe(db_now=1000.200, sent=10.100, received=10.150)  # 50 ms, off by 75 ms: ignored
     assert abs(clock.offset - 990.0) < 0.001
     assert abs(clock.to_monotonic(1001.0) - 11.0) < 0.001
+
+
+def test_a_process_books_with_a_wider_margin_while_it_warms_up(engine: AsyncEngine) -> None:
+    limiter = RateLimiter(engine, "test.warm", 50.0, safety=0.03)
+    assert limiter._booking_interval(100.0) == pytest.approx(0.02 * (1 + WARM_UP_SAFETY))
+    assert limiter._booking_interval(100.0 + WARM_UP_S / 2) > limiter.interval
+    assert limiter._booking_interval(100.0 + WARM_UP_S) == pytest.approx(0.02 * 1.03)
