@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.session import create_engine
-from relaybox.common.messaging.topology import EMAIL_SEND
+from relaybox.common.messaging.topology import EMAIL_SEND, MAILING_PARSE
 from relaybox.common.settings import DatabaseSettings
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.sweeper import Sweeper, SweptRoute
@@ -93,3 +93,32 @@ async def test_expired_idempotency_answers_are_purged(engine: AsyncEngine) -> No
     async with engine.connect() as conn:
         left = (await conn.execute(text("SELECT key FROM idempotency_keys"))).scalars().all()
     assert left == ["recent"]
+
+
+async def test_a_mailing_whose_parse_stalled_gets_a_new_parse_message(engine: AsyncEngine) -> None:
+    stalled, parsing, running = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with engine.begin() as conn:
+        for mailing_id, status, minutes in (  # rows_total: 0 until parsed
+            (stalled, "PARSING", 30),  # its message was lost: nothing touched it for 30 min
+            (parsing, "PARSING", 0),  # a parse making progress bumps updated_at
+            (running, "RUNNING", 30),  # parsed long ago
+        ):
+            await conn.execute(
+                text(
+                    "INSERT INTO mailings (id, client_id, status, subject, body_template,"
+                    " file_sha256, file_bytes, rows_total, updated_at) VALUES (:id, 'c', :status,"
+                    " 's', 'b', repeat('0', 64), 1, :rows, now() - make_interval(mins => :m))"
+                ),
+                {
+                    "id": mailing_id,
+                    "status": status,
+                    "rows": int(status == "RUNNING"),
+                    "m": minutes,
+                },
+            )
+    sweeper = Sweeper(engine, [EMAILS], stale_parse_s=600)
+    assert await sweeper.requeue_stale_parses() == [str(stalled)]
+    assert await sweeper.requeue_stale_parses() == []  # taken once: updated_at was bumped
+    async with engine.connect() as conn:
+        queued = (await conn.execute(text("SELECT routing_key, payload->>'id' FROM outbox"))).all()
+    assert [tuple(row) for row in queued] == [(MAILING_PARSE, str(stalled))]

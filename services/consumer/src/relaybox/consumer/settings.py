@@ -42,6 +42,11 @@ class ConsumerSettings(ServiceSettings):
         description="stored Idempotency-Key answers are deleted after this long (keep it above "
         "the API's RELAYBOX_IDEMPOTENCY_TTL_H, the window in which they are replayed)",
     )
+    stale_parse_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a mailing still parsing with no progress this long gets a new parse message",
+    )
     stale_pending_s: float = Field(
         default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
     )

@@ -1,5 +1,6 @@
-"""The sweeper: re-enqueue outbound rows stuck past their lease, through the outbox; and delete
-stored Idempotency-Key answers nobody can replay any more.
+"""The sweeper: re-enqueue outbound rows stuck past their lease, and mailings whose parse stopped
+making progress, through the outbox; and delete stored Idempotency-Key answers nobody can replay
+any more.
 
 Each sweep takes a batch with `FOR UPDATE SKIP LOCKED` and bumps `updated_at`, so several
 sweepers (one per consumer replica) never take the same row.
@@ -14,11 +15,34 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue
 from relaybox.consumer.delivery import DeliveryTable
 
 log = logging.getLogger(__name__)
 REQUEUED = Counter("relaybox_sweeper_requeued_total", "Stuck rows re-enqueued", ("table",))
+PARSES_REQUEUED = Counter(
+    "relaybox_sweeper_parses_requeued_total", "Mailings whose stalled parse was re-enqueued"
+)
+# A running parse bumps updated_at with every chunk it reads (~1 s apart), so a mailing still
+# unparsed and untouched for stale_parse_s has no parse making progress: its message was lost
+# to the DLQ (a consumer killed with it more often than the delivery limit allows) or never
+# came. Parsing is idempotent, so a second message for a parse that was merely slow is harmless.
+STALE_PARSES = text(
+    """
+    UPDATE mailings AS m SET updated_at = now()
+    FROM (
+        SELECT id FROM mailings
+        WHERE (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+          AND updated_at < now() - make_interval(secs => :stale)
+        ORDER BY updated_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS stale
+    WHERE m.id = stale.id
+    RETURNING m.id::text
+    """
+)
 PURGED = Counter(
     "relaybox_idempotency_keys_purged_total", "Expired Idempotency-Key answers deleted"
 )
@@ -49,6 +73,7 @@ class Sweeper:
     stale_pending_s: float = 900.0
     batch_size: int = 500
     idempotency_retention_s: float = 48 * 3600.0
+    stale_parse_s: float = 600.0
     purge_batch_size: int = 5000
 
     async def sweep_table(self, swept: SweptRoute) -> list[str]:
@@ -84,6 +109,20 @@ class Sweeper:
             )
         return ids
 
+    async def requeue_stale_parses(self) -> list[str]:
+        """Mailings whose parse stopped making progress, re-enqueued; their ids."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                STALE_PARSES, {"stale": self.stale_parse_s, "limit": self.batch_size}
+            )
+            ids = [row[0] for row in result]
+            for mailing_id in ids:
+                await enqueue(conn, routing_key=MAILING_PARSE, payload={"id": mailing_id})
+        if ids:
+            PARSES_REQUEUED.inc(len(ids))
+            log.warning("re-enqueued stalled mailing parses", extra={"count": len(ids)})
+        return ids
+
     async def purge_idempotency_keys(self) -> int:
         """Delete one batch of stored answers older than the retention; how many."""
         async with self.engine.begin() as conn:
@@ -96,5 +135,6 @@ class Sweeper:
     async def sweep(self) -> int:
         """Sweep every table once, and purge expired keys; how many rows were re-enqueued."""
         requeued = sum([len(await self.sweep_table(r)) for r in self.routes])
+        await self.requeue_stale_parses()
         await self.purge_idempotency_keys()
         return requeued

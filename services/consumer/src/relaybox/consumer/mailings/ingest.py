@@ -62,8 +62,10 @@ WITH progress AS (
 )
 SELECT seq, data FROM mailing_chunks WHERE mailing_id = $1 AND seq > $2 ORDER BY seq LIMIT 1
 """
-# No row lock on the mailing (the FK checks take KEY SHARE, which the API's status updates do
-# not conflict with), so batches written on several connections at once never wait for each
+# The batch holds the mailing FOR KEY SHARE (once per batch: what a foreign key's check did per
+# row before migration 0004): a DELETE of the mailing waits for it, so no row is ever written for
+# a mailing that is gone. KEY SHARE conflicts neither with the API's status updates nor with the
+# other writers' batches, so batches written on several connections at once never wait for each
 # other. Whatever order they commit in, an address keeps its lowest row number. Recipients
 # travel as three joined strings (numbers by ",", addresses and keys by "\n", which a valid
 # address never holds): asyncpg's per-element array encoding cost more than the rest of the
@@ -72,6 +74,7 @@ STORE_BATCH = """
 WITH live AS (
     SELECT 1 FROM mailings
     WHERE id = $1 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+    FOR KEY SHARE
 ),
 recipients AS (
     INSERT INTO mailing_recipients AS m (mailing_id, row_number, email, email_key)

@@ -8,9 +8,10 @@
   database's linguistic collation on every comparison.
 - No foreign key from `mailing_recipients` / `mailing_errors` to `mailings`: its check (a
   `SELECT … FOR KEY SHARE` on the mailing, per inserted row) was about a third of the database's
-  work per row. The only writer inserts them in the statement that first locks its mailing and
-  checks it is still parsing; what `ON DELETE CASCADE` did is done by a statement-level trigger
-  on `mailings`.
+  work per row. The only writer inserts them in a statement that first takes its mailing
+  `FOR KEY SHARE` (once per batch of 10,000 rows: the lock the check took per row) and checks it
+  is still parsing; what `ON DELETE CASCADE` did is done by a statement-level trigger on
+  `mailings`.
 
 Revision ID: 0004
 Revises: 0003
