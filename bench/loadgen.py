@@ -40,24 +40,29 @@ class HttpxConnection:
 
 
 class RawConnection:
-    """A minimal keep-alive HTTP/1.1 client: one request at a time, Content-Length bodies."""
+    """A minimal keep-alive HTTP/1.1 client: one request at a time, Content-Length bodies.
+    Without a token, no Authorization header is sent."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         parts = urlsplit(url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._headers = (
-            f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Host: {parts.netloc}\r\n{auth}Content-Type: application/json\r\n"
         ).encode()
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self, path: str, body: bytes, key: str | None) -> tuple[int, bytes]:
         """(status, body); status 0 when the request failed."""
+        return await self.request(path, body, {"Idempotency-Key": key} if key else {})
+
+    async def request(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST `body` with these extra `headers`: (status, body); status 0 when it failed."""
         try:
             if self._streams is None:
                 self._streams = await asyncio.open_connection(self._host, self._port)
             reader, writer = self._streams
-            extra = f"Idempotency-Key: {key}\r\n".encode() if key else b""
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
             writer.write(
                 b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s"
                 % (path.encode(), self._headers, extra, len(body), body)

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -63,6 +62,7 @@ from bench.common import (
     render_table,
     run_id,
 )
+from bench.loadgen import RawConnection
 from relaybox.common.db.session import asyncpg_dsn
 from relaybox.common.signing import SIGNATURE_HEADER, sign, verify
 
@@ -182,50 +182,11 @@ def serve_bare(port: int) -> None:
 # -- the load ---------------------------------------------------------------------------------
 
 
-class WebhookConnection:
-    """A minimal keep-alive HTTP/1.1 client like `bench.loadgen.RawConnection`, which cannot
-    carry a per-request signature header: one request at a time, Content-Length bodies."""
+class WebhookConnection(RawConnection):
+    """`bench.loadgen.RawConnection` (no bearer token) posting signed events to PATH."""
 
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
-        self._head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        ).encode()
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def post(self, body: bytes, signature: str) -> tuple[int, bytes]:
-        """(status, body); status 0 when the request failed."""
-        try:
-            if self._streams is None:
-                self._streams = await asyncio.open_connection(self._host, self._port)
-            reader, writer = self._streams
-            writer.write(
-                b"%s%s: %s\r\nContent-Length: %d\r\n\r\n%s"
-                % (self._head, SIGNATURE_HEADER.encode(), signature.encode(), len(body), body)
-            )
-            head = await reader.readuntil(b"\r\n\r\n")
-            length, close = 0, False
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    close = True
-            content = await reader.readexactly(length)
-            if close:
-                await self.close()
-            return int(head[9:12]), content
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            await self.close()
-            return 0, b""
-
-    async def close(self) -> None:
-        if self._streams is not None:
-            writer = self._streams[1]
-            self._streams = None
-            writer.close()
+    async def post_event(self, event: Event) -> tuple[int, bytes]:
+        return await self.request(PATH, event.body, {SIGNATURE_HEADER: event.signature})
 
 
 def machine_busy_ticks() -> tuple[int, int] | None:
@@ -375,7 +336,7 @@ async def probe(url: str) -> None:
     event, _ = feed.next()
     conn = WebhookConnection(url)
     try:
-        status, content = await conn.post(event.body, event.signature)
+        status, content = await conn.post_event(event)
     finally:
         await conn.close()
     if status != 200:
@@ -425,7 +386,7 @@ async def load(kind: str, url: str, pid: int, database: str, spec: LoadSpec, see
     async def user(conn: WebhookConnection) -> None:
         while (sent := time.monotonic()) < window_end:
             event, duplicate = feed.next()
-            status, content = await conn.post(event.body, event.signature)
+            status, content = await conn.post_event(event)
             now = time.monotonic()
             phase.statuses[status] += 1
             if status == 200:
