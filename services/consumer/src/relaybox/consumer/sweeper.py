@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from prometheus_client import Counter
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import MAILING_PARSE
@@ -21,9 +21,6 @@ from relaybox.consumer.delivery import DeliveryTable
 
 log = logging.getLogger(__name__)
 REQUEUED = Counter("relaybox_sweeper_requeued_total", "Stuck rows re-enqueued", ("table",))
-PARSES_REQUEUED = Counter(
-    "relaybox_sweeper_parses_requeued_total", "Mailings whose stalled parse was re-enqueued"
-)
 # A running parse bumps updated_at with every chunk it reads (~1 s apart), so a mailing still
 # unparsed and untouched for stale_parse_s has no parse making progress: its message was lost
 # to the DLQ (a consumer killed with it more often than the delivery limit allows) or never
@@ -78,49 +75,42 @@ class Sweeper:
 
     async def sweep_table(self, swept: SweptRoute) -> list[str]:
         """One batch of one table; the ids this sweeper took (and re-enqueued)."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                text(
-                    f"""
-                    UPDATE {swept.table.table} AS t
-                    SET status = 'PENDING', lease_until = NULL, updated_at = now()
-                    FROM (
-                        SELECT id FROM {swept.table.table}
-                        WHERE (status = 'SENDING' AND lease_until < now())
-                           OR (status = 'PENDING'
-                               AND updated_at < now() - make_interval(secs => :stale))
-                        ORDER BY updated_at
-                        LIMIT :limit
-                        FOR UPDATE SKIP LOCKED
-                    ) AS stuck
-                    WHERE t.id = stuck.id
-                    RETURNING t.id::text
-                    """  # noqa: S608 - table names are constants of the code
-                ),
-                {"stale": self.stale_pending_s, "limit": self.batch_size},
-            )
-            ids = [row[0] for row in result]
-            for row_id in ids:
-                await enqueue(conn, routing_key=swept.route, payload={"id": row_id})
-        if ids:
-            REQUEUED.labels(swept.table.table).inc(len(ids))
-            log.warning(
-                "re-enqueued stuck rows", extra={"table": swept.table.table, "count": len(ids)}
-            )
-        return ids
+        stuck = text(
+            f"""
+            UPDATE {swept.table.table} AS t
+            SET status = 'PENDING', lease_until = NULL, updated_at = now()
+            FROM (
+                SELECT id FROM {swept.table.table}
+                WHERE (status = 'SENDING' AND lease_until < now())
+                   OR (status = 'PENDING'
+                       AND updated_at < now() - make_interval(secs => :stale))
+                ORDER BY updated_at
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            ) AS stuck
+            WHERE t.id = stuck.id
+            RETURNING t.id::text
+            """  # noqa: S608 - table names are constants of the code
+        )
+        return await self._requeue(swept.table.table, stuck, self.stale_pending_s, swept.route)
 
     async def requeue_stale_parses(self) -> list[str]:
         """Mailings whose parse stopped making progress, re-enqueued; their ids."""
+        return await self._requeue("mailings", STALE_PARSES, self.stale_parse_s, MAILING_PARSE)
+
+    async def _requeue(
+        self, table: str, statement: TextClause, stale_s: float, route: str
+    ) -> list[str]:
+        """Take one batch with `statement` and enqueue a `route` message for each id taken, in
+        one transaction."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                STALE_PARSES, {"stale": self.stale_parse_s, "limit": self.batch_size}
-            )
+            result = await conn.execute(statement, {"stale": stale_s, "limit": self.batch_size})
             ids = [row[0] for row in result]
-            for mailing_id in ids:
-                await enqueue(conn, routing_key=MAILING_PARSE, payload={"id": mailing_id})
+            for row_id in ids:
+                await enqueue(conn, routing_key=route, payload={"id": row_id})
         if ids:
-            PARSES_REQUEUED.inc(len(ids))
-            log.warning("re-enqueued stalled mailing parses", extra={"count": len(ids)})
+            REQUEUED.labels(table).inc(len(ids))
+            log.warning("re-enqueued stuck rows", extra={"table": table, "count": len(ids)})
         return ids
 
     async def purge_idempotency_keys(self) -> int:
