@@ -19,7 +19,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
@@ -35,6 +34,7 @@ from bench.common import (
     cpu_seconds,
     finish,
     free_port,
+    machine_busy_ticks,
     median,
     percentile,
     run_id,
@@ -75,16 +75,6 @@ class Phase:
         if self.server_cpu is None or not self.requests:
             return None
         return self.server_cpu * self.seconds / self.requests * 1000
-
-
-def machine_busy_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 # -- load -------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
@@ -56,6 +55,7 @@ from bench.common import (
     cpu_seconds,
     emit_json,
     free_port,
+    machine_busy_ticks,
     median,
     percentile,
     postgres_backends,
@@ -187,16 +187,6 @@ class WebhookConnection(RawConnection):
 
     async def post_event(self, event: Event) -> tuple[int, bytes]:
         return await self.request(PATH, event.body, {SIGNATURE_HEADER: event.signature})
-
-
-def machine_busy_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 @dataclass(frozen=True)
