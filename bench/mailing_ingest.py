@@ -49,7 +49,7 @@ from bench.common import (
     render_table,
     run_id,
 )
-from relaybox.common.db.session import asyncpg_dsn
+from relaybox.common.db.session import asyncpg_dsn, dispose
 from relaybox.consumer.mailings.ingest import MailingParseSettings
 
 ROWS = 1_000_000
@@ -206,7 +206,7 @@ def parse_child(database_url: str, mailing_id: str) -> None:
             # The pool keeps the parse's connections open: their backends' CPU is the SQL's.
             backends = postgres_backends(database_name)
         finally:
-            await engine.dispose()
+            await dispose(engine)
         return {
             "outcome": outcome,
             "seconds": seconds,

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.migrate import upgrade
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from tests.support.databases import drop_database
@@ -93,7 +93,7 @@ async def engine(db_settings: DatabaseSettings) -> AsyncIterator[AsyncEngine]:
     async with eng.begin() as conn:
         await conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
     yield eng
-    await eng.dispose()
+    await dispose(eng)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.smtp_sink import SmtpSink
@@ -157,7 +157,7 @@ async def test_two_publishers_publish_each_row_once(
     counts = await asyncio.gather(*(relay.drain() for relay in relays))
     for relay, eng in zip(relays, engines, strict=True):
         await relay.close()
-        await eng.dispose()
+        await dispose(eng)
     assert sum(counts) == 300
     assert all(counts), f"both replicas should have taken rows: {counts}"
     messages = await drain_queue(broker_settings.url, topology.queue(EMAIL_SEND))

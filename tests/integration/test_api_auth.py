@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from typing import Any
@@ -10,10 +11,18 @@ import httpx
 import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
+from litestar.routes import HTTPRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
-from relaybox.api.auth import InsecureSecretError, check_secret, issue_token
+from relaybox.api.auth import (
+    PUBLIC_PATHS,
+    RATE_LIMITED,
+    SCOPE,
+    InsecureSecretError,
+    check_secret,
+    issue_token,
+)
 from relaybox.api.settings import (
     DEV_WEBHOOK_SECRET,
     PLACEHOLDER_SECRET,
@@ -186,6 +195,26 @@ async def test_public_paths_need_no_token(client: httpx.AsyncClient, path: str) 
     client.headers.pop("Authorization", None)
     response = await client.get(path)
     assert response.status_code == 200, response.text
+
+
+def test_every_route_behind_the_token_declares_its_scope(api_settings: ApiSettings) -> None:
+    """A route the JWT middleware guards but that names no scope would let any valid token in."""
+    app = create_app(api_settings)
+    public = re.compile("|".join(f"^{p}" for p in PUBLIC_PATHS))
+    routes = [r for r in app.routes if isinstance(r, HTTPRoute)]
+    assert len(routes) == len(app.routes)  # nothing else (websockets, mounted apps) to check
+    unscoped = [
+        (sorted(handler.http_methods), route.path)
+        for route in routes
+        for handler in route.route_handlers
+        if not handler.opt.get("public")
+        and not public.match(route.path)
+        and handler.http_methods != {"OPTIONS"}  # answered by Litestar, never authenticated
+        and not handler.opt.get(SCOPE)
+    ]
+    assert unscoped == []
+    send = next(r for r in routes if r.path == "/send").route_handlers[0]
+    assert send.opt[SCOPE] == "email:send" and send.opt[RATE_LIMITED] is True
 
 
 # --- the secret ------------------------------------------------------------------------------

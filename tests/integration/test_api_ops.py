@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
 from relaybox.api.settings import ApiSettings, RateLimitSettings
+from relaybox.common.db.session import dispose
 from relaybox.common.settings import DatabaseSettings
 
 BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi"}
@@ -44,7 +45,7 @@ async def unreachable_db_app(api_settings: ApiSettings) -> AsyncIterator[httpx.A
             yield client
     finally:
         engine: AsyncEngine = app.state.engine
-        await engine.dispose()
+        await dispose(engine)
 
 
 # --- health and readiness -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.dispatcher import Dispatcher
@@ -135,7 +135,7 @@ async def test_two_dispatchers_never_queue_a_recipient_twice(
             await finish_all_queued(engine)
     finally:
         for e in engines:
-            await e.dispose()
+            await dispose(e)
     emails = [e for _, e in await queued(engine)]
     assert len(emails) == len(set(emails)) == 40
 

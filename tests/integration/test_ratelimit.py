@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.ratelimit import (
     WARM_UP_S,
     WARM_UP_SAFETY,
@@ -44,7 +44,7 @@ async def test_four_replicas_share_one_rate(
         await asyncio.gather(*(replica(limiter) for limiter in limiters))
     finally:
         for e in engines:
-            await e.dispose()
+            await dispose(e)
     done.sort()
     # The k-th acquisition overall cannot complete before k intervals have passed.
     for k, at in enumerate(done):
@@ -95,7 +95,7 @@ async def test_slots_of_replicas_are_spaced_on_the_databases_clock(
         for limiter in (first, second, first, second):
             slots.append((await limiter.reserve()).at)
     finally:
-        await other_engine.dispose()
+        await dispose(other_engine)
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert all(abs(gap - 1 / rate) < 0.015 for gap in gaps), gaps
 

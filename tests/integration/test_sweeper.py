@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import EMAIL_SEND, MAILING_PARSE
 from relaybox.common.settings import DatabaseSettings
 from relaybox.consumer.delivery import DeliveryTable
@@ -70,7 +70,7 @@ async def test_two_sweepers_never_take_the_same_row(
         first, second = await asyncio.gather(*(run(s) for s in sweepers))
     finally:
         for e in engines:
-            await e.dispose()
+            await dispose(e)
     assert not set(first) & set(second)
     assert sorted(first + second) == sorted(stuck)
     async with engine.connect() as conn:

@@ -27,13 +27,12 @@ from relaybox.api.errors import ApiError, http_problem, internal_error, to_probl
 from relaybox.api.health import health, ready
 from relaybox.api.mailings.controller import mailings_router
 from relaybox.api.messages.controller import MessageController
-from relaybox.api.metrics import metrics_middleware
-from relaybox.api.middleware import echo_request_id, request_id_middleware
-from relaybox.api.ratelimit import FixedWindowLimiter, rate_limit_middleware
+from relaybox.api.middleware import access_policy_middleware, echo_request_id, edge_middleware
+from relaybox.api.ratelimit import FixedWindowLimiter
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks.controller import MetaWebhookController
 from relaybox.api.webhooks.service import WebhookIntake
-from relaybox.common.db.session import create_engine, session_factory
+from relaybox.common.db.session import create_engine, dispose, session_factory
 from relaybox.common.observability.tracing import configure_tracing
 
 Clock = Callable[[], datetime]
@@ -59,7 +58,7 @@ def create_app(
             yield
         finally:
             if owned:
-                await db_engine.dispose()
+                await dispose(db_engine)
 
     async def provide_session() -> AsyncGenerator[AsyncSession, None]:
         async with sessions() as session:
@@ -70,13 +69,13 @@ def create_app(
     auth = jwt_auth(settings)
     limiter = FixedWindowLimiter(settings.rate_limit.send_per_minute)
     request_spans = settings.tracing.request_spans
-    # Without request spans, the request id middleware gives each request its trace context.
-    request_context = request_id_middleware(trace_context=not request_spans)
+    # Without request spans, the edge middleware gives each request its trace context.
+    edge = edge_middleware(trace_context=not request_spans)
 
     def on_app_init(config: AppConfig) -> AppConfig:
         config = auth.on_app_init(config)  # puts the JWT middleware first
-        config.middleware.remove(request_context)  # the request id wraps even a 401
-        config.middleware.insert(0, request_context)
+        config.middleware.remove(edge)  # the edge wraps even a 401
+        config.middleware.insert(0, edge)
         return config
 
     return Litestar(
@@ -101,7 +100,7 @@ def create_app(
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "clock": Provide(lambda: clock, sync_to_thread=False),
         },
-        middleware=[request_context, metrics_middleware, rate_limit_middleware(limiter)],
+        middleware=[edge, access_policy_middleware(limiter)],  # around the JWT middleware
         before_send=[echo_request_id],
         plugins=[
             ProblemDetailsPlugin(

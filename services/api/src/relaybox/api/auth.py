@@ -1,4 +1,4 @@
-"""Bearer JWT authentication (HS256) and per-area scope guards."""
+"""Bearer JWT authentication (HS256) and the scope each route requires."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 import jwt
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
@@ -20,6 +19,8 @@ from relaybox.common.errors import RelayboxError
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
 ALL_SCOPES = ("email:send", "email:read", "meta:read", "meta:send", "mailing:read", "mailing:send")
 MIN_SECRET_BYTES = 32
+SCOPE = "scope"  # opt key: the token scope a route requires
+RATE_LIMITED = "rate_limited"  # opt key: the route spends the per-client send budget
 
 
 class InsecureSecretError(RelayboxError):
@@ -106,18 +107,14 @@ def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:
     )
 
 
-def require(scope: str) -> Any:
-    """A guard that lets through clients whose token carries `scope`.
-
-    Async on purpose: Litestar runs a sync guard in a worker thread (a thread hop per request).
-    """
-
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        client = connection.user
-        if not isinstance(client, Client) or scope not in client.scopes:
-            raise PermissionDeniedException(detail=f"this token lacks the {scope!r} scope")
-
-    return guard
+def requires(scope: str, *, rate_limited: bool = False) -> dict[str, Any]:
+    """A route's `opt`: callers need a token with `scope` (else 403) and, with `rate_limited`,
+    spend the per-client send budget (else 429). Enforced by
+    `relaybox.api.middleware.access_policy_middleware`, after authentication."""
+    opt: dict[str, Any] = {SCOPE: scope}
+    if rate_limited:
+        opt[RATE_LIMITED] = True
+    return opt
 
 
 def issue_token(

@@ -1,5 +1,8 @@
 """Per-client limit of the sending endpoints (429 + Retry-After): a fixed window per client.
 
+Applied by `relaybox.api.middleware.access_policy_middleware` to the routes that ask for it
+(`requires(..., rate_limited=True)`): they share one budget per client.
+
 The semantics of Litestar's RateLimitMiddleware (a window opens at a client's first request and
 lasts a minute; at most N requests in it; refused requests do not count; RateLimit-* headers on
 every answer), at O(1) per request: Litestar's keeps every timestamp of the window and
@@ -13,13 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from litestar.enums import ScopeType
-from litestar.exceptions import TooManyRequestsException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-from relaybox.api.auth import Client
-
-OPT_KEY = "rate_limited"  # handlers with opt={"rate_limited": True} share one budget per client
 WINDOW_S = 60
 _MIN_PRUNE_AT = 1024
 
@@ -41,6 +37,7 @@ class FixedWindowLimiter:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._prune_at = _MIN_PRUNE_AT
+        self._policy = f"{limit}; w={window_s}"
 
     def hit(self, key: str) -> tuple[bool, int, int]:
         """Count one request of `key`: (allowed, requests left, seconds until the window ends)."""
@@ -60,47 +57,17 @@ class FixedWindowLimiter:
         self._windows = {k: w for k, w in self._windows.items() if w.reset_at > now}
         self._prune_at = max(_MIN_PRUNE_AT, 2 * len(self._windows))
 
-
-def _identifier(scope: Scope) -> str:
-    """The authenticated client, else the peer address."""
-    user = scope.get("user")
-    if isinstance(user, Client):
-        return f"client:{user.id}"
-    client = scope.get("client")
-    return client[0] if client else "127.0.0.1"
-
-
-def rate_limit_middleware(limiter: FixedWindowLimiter) -> Callable[[ASGIApp], ASGIApp]:
-    """ASGI middleware (after authentication) applying `limiter` to the marked handlers."""
-    policy = f"{limiter.limit}; w={limiter.window_s}"
-
-    def headers(remaining: int, reset_in: int) -> dict[str, str]:
+    def headers(self, remaining: int, reset_in: int) -> dict[str, str]:
+        """The RateLimit-* headers of an answer (IETF draft)."""
         return {
-            "RateLimit-Policy": policy,
-            "RateLimit-Limit": str(limiter.limit),
+            "RateLimit-Policy": self._policy,
+            "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(remaining),
             "RateLimit-Reset": str(reset_in),
         }
 
-    def build(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            handler = scope.get("route_handler")
-            if scope["type"] != ScopeType.HTTP or handler is None or not handler.opt.get(OPT_KEY):
-                await app(scope, receive, send)
-                return
-            allowed, remaining, reset_in = limiter.hit(_identifier(scope))
-            if not allowed:
-                raise TooManyRequestsException(headers=headers(0, reset_in))
-            answer_headers = headers(remaining, reset_in)
-            extra = [(k.lower().encode(), v.encode()) for k, v in answer_headers.items()]
-
-            async def send_with_headers(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                await send(message)
-
-            await app(scope, receive, send_with_headers)
-
-        return middleware
-
-    return build
+    def raw_headers(self, remaining: int, reset_in: int) -> list[tuple[bytes, bytes]]:
+        """`headers` as ASGI header pairs."""
+        return [
+            (k.lower().encode(), v.encode()) for k, v in self.headers(remaining, reset_in).items()
+        ]

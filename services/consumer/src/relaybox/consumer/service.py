@@ -13,7 +13,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import create_engine
+from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
 from relaybox.common.providers.base import EmailProvider
@@ -148,5 +148,5 @@ async def serve(settings: ConsumerSettings) -> None:
         await health.stop()
         for provider in consumer.providers:
             await provider.close()
-        await worker.engine.dispose()
+        await dispose(worker.engine)
         log.info("consumer stopped")

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.session import asyncpg_dsn, create_engine, run_on_driver
+from relaybox.common.db.session import asyncpg_dsn, create_engine, dispose, run_on_driver
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.broker import connect
 from relaybox.common.messaging.topology import Topology
@@ -111,7 +111,7 @@ class Relay:
         if self._connection:
             await self._connection.close()
         if self._owns_engine:
-            await self._engine.dispose()
+            await dispose(self._engine)
 
     def stop(self) -> None:
         """Ask `run` to return after its current batch."""

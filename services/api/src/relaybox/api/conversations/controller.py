@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaybox.api.auth import require
+from relaybox.api.auth import requires
 from relaybox.api.conversations import service
 from relaybox.api.conversations.schemas import (
     ConversationDetail,
@@ -20,8 +20,8 @@ from relaybox.api.conversations.schemas import (
 )
 from relaybox.api.messages.schemas import Channel
 
-READ = [require("meta:read")]
-WRITE = [require("meta:send")]
+READ = requires("meta:read")
+WRITE = requires("meta:send")
 
 
 class ConversationController(Controller):
@@ -32,7 +32,7 @@ class ConversationController(Controller):
 
     @get(
         "/",
-        guards=READ,
+        opt=READ,
         summary="Conversations, newest activity first",
         description="Archived conversations are hidden unless `archived=true` (only those) or "
         "`include_archived=true` (all).",
@@ -59,7 +59,7 @@ class ConversationController(Controller):
 
     @get(
         "/{conversation_id:uuid}",
-        guards=READ,
+        opt=READ,
         summary="One conversation with a page of its messages, newest first",
     )
     async def get_one(
@@ -73,7 +73,7 @@ class ConversationController(Controller):
 
     @post(
         "/{conversation_id:uuid}/read",
-        guards=WRITE,
+        opt=WRITE,
         status_code=200,
         summary="Mark read: unreadCount = 0, lastReadAt = now",
     )
@@ -82,25 +82,25 @@ class ConversationController(Controller):
     ) -> ConversationItem:
         return await service.mark_read(db_session, conversation_id)
 
-    @post("/{conversation_id:uuid}/archive", guards=WRITE, status_code=200, summary="Archive")
+    @post("/{conversation_id:uuid}/archive", opt=WRITE, status_code=200, summary="Archive")
     async def archive(
         self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
     ) -> ConversationItem:
         return await service.set_archived(db_session, conversation_id, archived=True)
 
-    @post("/{conversation_id:uuid}/unarchive", guards=WRITE, status_code=200, summary="Unarchive")
+    @post("/{conversation_id:uuid}/unarchive", opt=WRITE, status_code=200, summary="Unarchive")
     async def unarchive(
         self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
     ) -> ConversationItem:
         return await service.set_archived(db_session, conversation_id, archived=False)
 
-    @post("/{conversation_id:uuid}/close", guards=WRITE, status_code=200, summary="Close")
+    @post("/{conversation_id:uuid}/close", opt=WRITE, status_code=200, summary="Close")
     async def close(
         self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
     ) -> ConversationItem:
         return await service.set_status(db_session, conversation_id, "closed")
 
-    @post("/{conversation_id:uuid}/reopen", guards=WRITE, status_code=200, summary="Reopen")
+    @post("/{conversation_id:uuid}/reopen", opt=WRITE, status_code=200, summary="Reopen")
     async def reopen(
         self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
     ) -> ConversationItem:

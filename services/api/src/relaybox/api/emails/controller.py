@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaybox.api.auth import Client, require
+from relaybox.api.auth import Client, requires
 from relaybox.api.emails import service
 from relaybox.api.emails.schemas import (
     Accepted,
@@ -34,13 +34,12 @@ class EmailController(Controller):
 
     @post(
         ["/send", "/email/send"],
-        guards=[require("email:send")],
         status_code=202,
         summary="Queue an email",
         description="Writes the email (PENDING) and its outbox row in one transaction. "
         "Honours Idempotency-Key.",
         responses={},
-        opt={"rate_limited": True},
+        opt=requires("email:send", rate_limited=True),
     )
     async def send(
         self,
@@ -62,7 +61,7 @@ class EmailController(Controller):
 
     @get(
         ["/logs/email", "/email/logs"],
-        guards=[require("email:read")],
+        opt=requires("email:read"),
         summary="The email delivery log, newest first, with today's totals",
     )
     async def logs(
@@ -89,7 +88,7 @@ class EmailController(Controller):
         now: datetime = clock()
         return await service.email_log(db_session, query, zone=zone, now=now)
 
-    @get("/emails/{email_id:uuid}", guards=[require("email:read")], summary="One email")
+    @get("/emails/{email_id:uuid}", opt=requires("email:read"), summary="One email")
     async def get_one(
         self, db_session: NamedDependency[AsyncSession], email_id: FromPath[uuid.UUID]
     ) -> EmailDetail:

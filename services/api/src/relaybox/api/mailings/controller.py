@@ -12,7 +12,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaybox.api.auth import Client, require
+from relaybox.api.auth import Client, requires
 from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
 from relaybox.api.mailings import service, upload
 from relaybox.api.mailings.schemas import (
@@ -27,8 +27,8 @@ from relaybox.api.mailings.schemas import (
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
-READ = [require("mailing:read")]
-SEND = [require("mailing:send")]
+READ = requires("mailing:read")
+SEND = requires("mailing:send")
 FORM_OVERHEAD_BYTES = 1024 * 1024  # the form around the file: part headers, subject, body
 
 
@@ -44,7 +44,7 @@ class MailingController(Controller):
 
     @post(
         "/",
-        guards=SEND,
+        opt=requires("mailing:send", rate_limited=True),
         status_code=202,
         summary="Upload a mailing list (CSV) and start a mailing",
         description="Multipart form: `file` (CSV with an `email` column, or a single column of "
@@ -54,7 +54,6 @@ class MailingController(Controller):
         "subject and body again within the re-upload window answers that mailing (200). "
         "Honours Idempotency-Key.",
         responses={},
-        opt={"rate_limited": True},
     )
     async def create(
         self,
@@ -96,7 +95,7 @@ class MailingController(Controller):
                 await data.file.close()
         return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
 
-    @get("/", guards=READ, summary="Mailings, newest first")
+    @get("/", opt=READ, summary="Mailings, newest first")
     async def list_all(
         self,
         request: Request[Client, Any, State],
@@ -113,7 +112,7 @@ class MailingController(Controller):
             db_session, request.user.id, query, _view(settings, clock)
         )
 
-    @get("/{mailing_id:uuid}", guards=READ, summary="One mailing with its progress")
+    @get("/{mailing_id:uuid}", opt=READ, summary="One mailing with its progress")
     async def get_one(
         self,
         request: Request[Client, Any, State],
@@ -128,7 +127,7 @@ class MailingController(Controller):
 
     @get(
         "/{mailing_id:uuid}/entries",
-        guards=READ,
+        opt=READ,
         summary="The mailing's recipients in file order, with their delivery state",
     )
     async def entries(
@@ -146,7 +145,7 @@ class MailingController(Controller):
 
     @get(
         "/{mailing_id:uuid}/errors",
-        guards=READ,
+        opt=READ,
         summary="The file's invalid rows: row number, value and reason",
     )
     async def errors(
@@ -163,7 +162,7 @@ class MailingController(Controller):
 
     @post(
         "/{mailing_id:uuid}/pause",
-        guards=SEND,
+        opt=SEND,
         status_code=200,
         summary="Pause: PARSING or RUNNING → PAUSED (409 otherwise)",
     )
@@ -179,7 +178,7 @@ class MailingController(Controller):
 
     @post(
         "/{mailing_id:uuid}/resume",
-        guards=SEND,
+        opt=SEND,
         status_code=200,
         summary="Resume: PAUSED → RUNNING, or PARSING if paused before its parse ended",
     )
@@ -195,7 +194,7 @@ class MailingController(Controller):
 
     @post(
         "/{mailing_id:uuid}/cancel",
-        guards=SEND,
+        opt=SEND,
         status_code=200,
         summary="Cancel: PARSING, RUNNING or PAUSED → CANCELLED (409 otherwise)",
         description="Recipients not sent yet are CANCELLED and their queued emails FAILED "
@@ -213,12 +212,11 @@ class MailingController(Controller):
 
     @post(
         "/{mailing_id:uuid}/retry-failed",
-        guards=SEND,
+        opt=requires("mailing:send", rate_limited=True),
         status_code=200,
         summary="Send the failed recipients again",
         description="Recipients whose email FAILED are PENDING again; a COMPLETED mailing is "
         "RUNNING again. 409 for a CANCELLED or FAILED mailing.",
-        opt={"rate_limited": True},
     )
     async def retry_failed(
         self,

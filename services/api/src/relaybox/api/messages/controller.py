@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaybox.api.auth import Client, require
+from relaybox.api.auth import Client, requires
 from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
 from relaybox.api.messages import service
 from relaybox.api.messages.schemas import MessageDetail, SendMessageRequest
@@ -27,14 +27,13 @@ class MessageController(Controller):
 
     @post(
         "/send",
-        guards=[require("meta:send")],
+        opt=requires("meta:send", rate_limited=True),
         status_code=202,
         summary="Send a WhatsApp/Instagram message",
         description="Writes the message (PENDING), its conversation and its outbox row in one "
         "transaction (202). The same `clientMessageId` on the same channel again answers the "
         "stored message as it is now (200) and sends nothing. Honours Idempotency-Key.",
         responses={},
-        opt={"rate_limited": True},
     )
     async def send(
         self,
@@ -64,7 +63,7 @@ class MessageController(Controller):
         )
         return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
 
-    @get("/{message_id:uuid}", guards=[require("meta:read")], summary="One message")
+    @get("/{message_id:uuid}", opt=requires("meta:read"), summary="One message")
     async def get_one(
         self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
     ) -> MessageDetail:
@@ -72,12 +71,11 @@ class MessageController(Controller):
 
     @post(
         "/{message_id:uuid}/retry",
-        guards=[require("meta:send")],
+        opt=requires("meta:send", rate_limited=True),
         status_code=202,
         summary="Send a FAILED message again",
         description="Sets a FAILED outbound message back to PENDING (attempts 0) and enqueues it "
         "in one transaction; 409 when it is not FAILED.",
-        opt={"rate_limited": True},
     )
     async def retry(
         self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
