@@ -36,6 +36,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 _STATE_KEY = "relaybox_request_id"
 _HEADERS_KEY = "relaybox_response_headers"
+_ID_SENT_KEY = "relaybox_request_id_sent"  # the edge put the id on the response itself
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Headers = list[tuple[bytes, bytes]]
@@ -63,6 +64,8 @@ async def echo_request_id(message: Message, scope: Scope) -> None:
     """`before_send` hook for the answers made before any middleware runs (a 404 or 405 from the
     router) or after (a 401, 403 or 429 raised in a middleware): they carry X-Request-ID too."""
     if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP:
+        return
+    if scope["state"].get(_ID_SENT_KEY):
         return
     headers = list(message.get("headers", []))
     if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
@@ -115,6 +118,7 @@ def edge_middleware(*, trace_context: bool) -> Callable[[ASGIApp], ASGIApp]:
                         (REQUEST_ID_HEADER, request_id.encode()),
                     ]
                     message["headers"] = headers
+                    scope["state"][_ID_SENT_KEY] = True
                 await send(message)
 
             if in_progress is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -143,7 +142,7 @@ async def accept_email(
         uuid.uuid4(),  # the outbox message id
         WORK,
         EMAIL_SEND,
-        json.dumps(trace_headers(correlation_id)),
+        msgspec.json.encode(trace_headers(correlation_id)).decode(),
         NOTIFY_CHANNEL,
         lock_key(key.client_id, key.scope, key.key) if key else None,
         key and key.scope,
