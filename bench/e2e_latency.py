@@ -334,7 +334,8 @@ def summarize(outcome: Outcome, spec: Spec) -> Result:
         f"{len(counted)} emails at {spec.rate:g}/s over {spec.seconds:g}s "
         f"(achieved {achieved:.0f}/s; warm-up of {spec.warmup_s:g}s not counted); "
         f"lost {metrics['lost']}, rejected {metrics['rejected']}, "
-        f"unanswered {metrics['unanswered']} (no 202 within {ANSWER_TIMEOUT_S:g}s of the end), "
+        f"unanswered {metrics['unanswered']} (the connection failed, or no answer within "
+        f"{ANSWER_TIMEOUT_S:g}s of the end), "
         f"duplicates {sink.duplicates}",
     ]
     per_email = {name: used / len(load.sent) * 1000 for name, used in outcome.cpu_s.items()}

@@ -59,6 +59,8 @@ class RawConnection:
     async def request(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """POST `body` with these extra `headers`: (status, body); status 0 when it failed."""
         try:
+            if self._streams is not None and self._streams[0].at_eof():
+                await self.close()  # the server closed it while idle (keep-alive timeout)
             if self._streams is None:
                 self._streams = await asyncio.open_connection(self._host, self._port)
             reader, writer = self._streams
