@@ -22,6 +22,8 @@ import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 
+from relaybox.common import runtime
+
 POOL_MIN, POOL_MAX = 30, 40  # the real API's SQLAlchemy pool: pool_size 30 + max_overflow 10
 
 INSERT_EMAIL = """
@@ -118,8 +120,14 @@ def main() -> None:
     else:
         url = os.environ["RELAYBOX_DATABASE__URL"].replace("+asyncpg", "")
         app = bare_app(url, full=args.kind == "bare-full")
-    # One worker, the same uvicorn options for every kind (those of `python -m relaybox.api`).
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    serve(app, args.port)
+
+
+def serve(app: Any, port: int) -> None:
+    """Run `app` as `python -m relaybox.api` runs the API, whatever the kind: one uvicorn worker
+    with its options, after freezing the startup objects out of the garbage collector's view."""
+    runtime.freeze_startup_objects()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

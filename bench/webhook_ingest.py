@@ -37,13 +37,12 @@ from typing import Any, Literal
 
 import asyncpg
 import msgspec
-import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from bench.api_servers import POOL_MAX, POOL_MIN
+from bench.api_servers import POOL_MAX, POOL_MIN, serve
 from bench.common import (
     JWT_SECRET,
     BenchError,
@@ -175,8 +174,7 @@ def bare_app(database_url: str, secret: str) -> Litestar:
 def serve_bare(port: int) -> None:
     url = os.environ["RELAYBOX_DATABASE__URL"].replace("+asyncpg", "")
     app = bare_app(url, os.environ["RELAYBOX_META__WEBHOOK_SECRET"])
-    # The options bench.api_servers uses for every kind (those of `python -m relaybox.api`).
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve(app, port)
 
 
 # -- the load ---------------------------------------------------------------------------------
