@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import api_accept, e2e_latency, rate_precision, relay, webhook_ingest
+from bench import api_accept, e2e_latency, mailing_ingest, rate_precision, relay, webhook_ingest
 from bench.common import Result, emit_json, render_table
 
 BENCHES: dict[str, Callable[[bool], Result]] = {
@@ -22,6 +22,7 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "e2e_latency": lambda quick: e2e_latency.run(quick=quick),
     "webhook_ingest": lambda quick: webhook_ingest.run(quick=quick),
     "rate_precision": lambda quick: rate_precision.run(quick=quick),
+    "mailing_ingest": lambda quick: mailing_ingest.run(quick=quick),
 }
 
 
