@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -89,10 +90,31 @@ async def test_expired_idempotency_answers_are_purged(engine: AsyncEngine) -> No
                 {"key": key, "hours": hours},
             )
     sweeper = Sweeper(engine, [EMAILS], idempotency_retention_s=48 * 3600)
-    assert await sweeper.purge_idempotency_keys() == 1
+    await sweeper.sweep()
     async with engine.connect() as conn:
         left = (await conn.execute(text("SELECT key FROM idempotency_keys"))).scalars().all()
     assert left == ["recent"]
+
+
+async def test_old_webhook_events_are_purged_in_batches(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO webhook_events (provider, event_id, kind, payload, received_at)"
+                " SELECT 'mock-meta', 'e' || n, 'message', '{}',"
+                " now() - make_interval(hours => CASE WHEN n <= 3 THEN 200 ELSE 100 END)"
+                " FROM generate_series(1, 5) AS n"
+            )
+        )
+    sweeper = Sweeper(engine, [EMAILS], webhook_event_retention_s=168 * 3600, purge_batch_size=2)
+    events = next(r for r in sweeper.retentions() if r.table == "webhook_events")
+    before = REGISTRY.get_sample_value("relaybox_sweeper_purged_total", {"table": "webhook_events"})
+    assert [await sweeper.purge(events) for _ in range(3)] == [2, 1, 0]
+    after = REGISTRY.get_sample_value("relaybox_sweeper_purged_total", {"table": "webhook_events"})
+    assert (after or 0) - (before or 0) == 3
+    async with engine.connect() as conn:
+        left = await conn.scalars(text("SELECT event_id FROM webhook_events ORDER BY event_id"))
+        assert left.all() == ["e4", "e5"]
 
 
 async def test_a_mailing_whose_parse_stalled_gets_a_new_parse_message(engine: AsyncEngine) -> None:

@@ -90,6 +90,7 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
         [SweptRoute(h.table, h.route) for h in (email_handler, meta_handler)],
         stale_pending_s=settings.stale_pending_s,
         idempotency_retention_s=settings.idempotency_retention_h * 3600,
+        webhook_event_retention_s=settings.webhook_event_retention_h * 3600,
         stale_parse_s=settings.stale_parse_s,
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))

@@ -42,6 +42,12 @@ class ConsumerSettings(ServiceSettings):
         description="stored Idempotency-Key answers are deleted after this long (keep it above "
         "the API's RELAYBOX_IDEMPOTENCY_TTL_H, the window in which they are replayed)",
     )
+    webhook_event_retention_h: float = Field(
+        default=168.0,
+        gt=0,
+        description="webhook events are deleted after this long; a provider's redelivery of an "
+        "older event is then taken as new (keep it above the provider's retry window)",
+    )
     stale_parse_s: float = Field(
         default=600.0,
         gt=0,

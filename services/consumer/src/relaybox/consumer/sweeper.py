@@ -1,6 +1,6 @@
 """The sweeper: re-enqueue outbound rows stuck past their lease, and mailings whose parse stopped
-making progress, through the outbox; and delete stored Idempotency-Key answers nobody can replay
-any more.
+making progress, through the outbox; and delete what outlived its retention: stored
+Idempotency-Key answers nobody can replay any more, webhook events past any provider's retries.
 
 Each sweep takes a batch with `FOR UPDATE SKIP LOCKED` and bumps `updated_at`, so several
 sweepers (one per consumer replica) never take the same row.
@@ -41,18 +41,31 @@ STALE_PARSES = text(
     """
 )
 PURGED = Counter(
-    "relaybox_idempotency_keys_purged_total", "Expired Idempotency-Key answers deleted"
+    "relaybox_sweeper_purged_total",
+    "Rows deleted once older than their retention (idempotency_keys, webhook_events)",
+    ("table",),
 )
-PURGE = text(
-    """
-    DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM idempotency_keys
-        WHERE created_at < now() - make_interval(secs => :keep_s)
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ))
-    """
-)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Rows of `table` older than `keep_s` by `column` are deleted."""
+
+    table: str
+    column: str
+    keep_s: float
+
+    def statement(self) -> TextClause:
+        return text(
+            f"""
+            DELETE FROM {self.table} WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM {self.table}
+                WHERE {self.column} < now() - make_interval(secs => :keep_s)
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            ))
+            """  # noqa: S608 - table and column names are constants of the code
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class Sweeper:
     stale_pending_s: float = 900.0
     batch_size: int = 500
     idempotency_retention_s: float = 48 * 3600.0
+    webhook_event_retention_s: float = 7 * 24 * 3600.0
     stale_parse_s: float = 600.0
     purge_batch_size: int = 5000
 
@@ -113,18 +127,26 @@ class Sweeper:
             log.warning("re-enqueued stuck rows", extra={"table": table, "count": len(ids)})
         return ids
 
-    async def purge_idempotency_keys(self) -> int:
-        """Delete one batch of stored answers older than the retention; how many."""
+    def retentions(self) -> list[Retention]:
+        return [
+            Retention("idempotency_keys", "created_at", self.idempotency_retention_s),
+            Retention("webhook_events", "received_at", self.webhook_event_retention_s),
+        ]
+
+    async def purge(self, retention: Retention) -> int:
+        """Delete one batch of `retention.table`'s rows older than the retention; how many."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                PURGE, {"keep_s": self.idempotency_retention_s, "limit": self.purge_batch_size}
+                retention.statement(), {"keep_s": retention.keep_s, "limit": self.purge_batch_size}
             )
-        PURGED.inc(result.rowcount)
+        PURGED.labels(retention.table).inc(result.rowcount)
         return result.rowcount
 
     async def sweep(self) -> int:
-        """Sweep every table once, and purge expired keys; how many rows were re-enqueued."""
+        """Sweep every table once, and purge what outlived its retention; how many rows were
+        re-enqueued."""
         requeued = sum([len(await self.sweep_table(r)) for r in self.routes])
         await self.requeue_stale_parses()
-        await self.purge_idempotency_keys()
+        for retention in self.retentions():
+            await self.purge(retention)
         return requeued

@@ -195,6 +195,7 @@ class WebhookEvent(Base):
             "provider_message_id",
             postgresql_where=sql_text("applied_at IS NULL"),
         ),
+        Index("ix_webhook_events_received_at", "received_at"),  # the sweeper's purge
     )
 
 
