@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.conversations.schemas import (
@@ -30,52 +28,53 @@ def preview(text: str) -> str:
     return text[:PREVIEW_CHARS]
 
 
-async def upsert_conversation(
-    session: AsyncSession,
-    *,
-    channel: str,
-    participant_id: str,
-    at: datetime | ColumnElement[Any],
-    text: str,
-    inbound: bool,
-) -> uuid.UUID:
-    """The id of the (channel, participant) conversation, created if needed, in one statement.
+def upsert_sql(*, row: str, inbound: bool, source: str = "") -> str:
+    """The rule every new message applies to its (channel, participant) conversation, as one
+    `INSERT … ON CONFLICT DO UPDATE … RETURNING c.id` (the row stays locked until the
+    transaction ends). `row` is the SELECT list of the new conversation: id, channel,
+    participant id, the message's time and its preview; `source` what it selects from, if
+    anything (`FROM …`).
 
     `lastMessageAt` and the preview only move forward (an older message arriving late changes
     neither). An inbound message also counts as unread and reopens and unarchives the thread.
-    The row stays locked until the caller's transaction ends.
+    Inbound messages use it inside the webhook's one statement, outbound ones through
+    `upsert_conversation`.
     """
-    stmt = pg_insert(Conversation).values(
-        id=uuid.uuid4(),
-        channel=channel,
-        participant_id=participant_id,
-        unread_count=1 if inbound else 0,
-        last_message_at=at,
-        last_message_preview=preview(text),
+    inbound_changes = (
+        """,
+        unread_count = c.unread_count + 1,
+        status = 'open',
+        archived_at = NULL"""
+        if inbound
+        else ""
     )
-    new = stmt.excluded
-    newest = or_(
-        Conversation.last_message_at.is_(None), new.last_message_at >= Conversation.last_message_at
+    return f"""INSERT INTO conversations AS c
+        (unread_count, id, channel, participant_id, last_message_at, last_message_preview)
+    SELECT {1 if inbound else 0}, {row} {source}
+    ON CONFLICT (channel, participant_id) DO UPDATE SET
+        last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at),
+        last_message_preview = CASE
+            WHEN c.last_message_at IS NULL OR EXCLUDED.last_message_at >= c.last_message_at
+            THEN EXCLUDED.last_message_preview ELSE c.last_message_preview END,
+        updated_at = now(){inbound_changes}
+    RETURNING c.id"""
+
+
+_OUTBOUND_UPSERT_SQL = upsert_sql(
+    row="$1::uuid, $2::text, $3::text, now(), $4::text", inbound=False
+)
+
+
+async def upsert_conversation(
+    session: AsyncSession, *, channel: str, participant_id: str, text: str
+) -> uuid.UUID:
+    """The id of the (channel, participant) conversation of an outbound message sent now,
+    created if needed (`upsert_sql`), in the session's transaction."""
+    conn = await session.connection()
+    result = await conn.exec_driver_sql(
+        _OUTBOUND_UPSERT_SQL, (uuid.uuid4(), channel, participant_id, preview(text))
     )
-    changes: dict[str, Any] = {
-        "last_message_at": func.greatest(Conversation.last_message_at, new.last_message_at),
-        "last_message_preview": case(
-            (newest, new.last_message_preview), else_=Conversation.last_message_preview
-        ),
-        "updated_at": func.now(),
-    }
-    if inbound:
-        changes |= {
-            "unread_count": Conversation.unread_count + 1,
-            "status": "open",
-            "archived_at": None,
-        }
-    conversation_id: uuid.UUID | None = await session.scalar(
-        stmt.on_conflict_do_update(
-            index_elements=[Conversation.channel, Conversation.participant_id], set_=changes
-        ).returning(Conversation.id)
-    )
-    assert conversation_id is not None  # DO UPDATE always returns the row
+    conversation_id: uuid.UUID = result.scalar_one()
     return conversation_id
 
 

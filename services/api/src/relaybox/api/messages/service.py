@@ -44,12 +44,7 @@ async def send_message(
             return stored
         savepoint = await session.begin_nested()
         conversation_id = await upsert_conversation(
-            session,
-            channel=request.channel,
-            participant_id=request.to,
-            at=func.now(),
-            text=request.text,
-            inbound=False,
+            session, channel=request.channel, participant_id=request.to, text=request.text
         )
         inserted = await session.scalar(
             pg_insert(Message)

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.conversations.service import preview
+from relaybox.api.conversations.service import preview, upsert_sql
 from relaybox.api.errors import ApiError
 from relaybox.api.settings import MetaGatewaySettings
 from relaybox.api.webhooks.schemas import (
@@ -110,29 +110,22 @@ class WebhookIntake:
 # transaction, records the event and, only if it is new, upserts the conversation and inserts the
 # message. A concurrent request with the same event waits on the first one's unique-index entry
 # and then, seeing it committed, inserts nothing; if the first rolled back, the second one writes.
-# The conversation upsert is `relaybox.api.conversations.service.upsert_conversation` for an
-# inbound message, spelled out in SQL: lastMessageAt and the preview only move forward, the
-# unread count goes up by one, and the thread reopens and leaves the archive.
-INBOUND_SQL = """
+# The conversation upsert is `relaybox.api.conversations.service.upsert_sql`'s rule for an
+# inbound message.
+INBOUND_SQL = f"""
 WITH event AS (
     INSERT INTO webhook_events (provider, event_id, kind, payload, applied_at)
     VALUES ($1::text, $2::text, $3::text, $4::jsonb, now())
     ON CONFLICT (provider, event_id) DO NOTHING
     RETURNING id
 ), conversation AS (
-    INSERT INTO conversations AS c
-        (id, channel, participant_id, unread_count, last_message_at, last_message_preview)
-    SELECT $5::uuid, $6::text, $7::text, 1, $8::timestamptz, $9::text FROM event
-    ON CONFLICT (channel, participant_id) DO UPDATE SET
-        last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at),
-        last_message_preview = CASE
-            WHEN c.last_message_at IS NULL OR EXCLUDED.last_message_at >= c.last_message_at
-            THEN EXCLUDED.last_message_preview ELSE c.last_message_preview END,
-        updated_at = now(),
-        unread_count = c.unread_count + 1,
-        status = 'open',
-        archived_at = NULL
-    RETURNING c.id
+    {
+    upsert_sql(
+        row="$5::uuid, $6::text, $7::text, $8::timestamptz, $9::text",
+        source="FROM event",
+        inbound=True,
+    )
+}
 ), message AS (
     INSERT INTO messages (id, conversation_id, direction, channel, participant_id, text, status,
                           provider_event_id, sort_at)
@@ -142,7 +135,7 @@ WITH event AS (
     RETURNING 1
 )
 SELECT count(*) FROM message
-"""
+"""  # noqa: S608 - composed of constants of the code
 
 
 async def _record_inbound(
