@@ -34,6 +34,9 @@ async def sink() -> AsyncIterator[SmtpSink]:
     await smtp.stop()
 
 
+EVENTS_KEPT_H = 100 * 365 * 24
+
+
 @pytest.fixture
 def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings) -> ApiSettings:
     return ApiSettings(
@@ -41,6 +44,9 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
         broker=broker_settings,
         auth=AuthSettings(jwt_secret=SECRET),
         meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET),
+        # The tests post events with fixed timestamps (2025, 2026): remember events long enough
+        # for those to count as new (test_gateway_webhooks tests the default's expiry).
+        webhook_event_retention_h=EVENTS_KEPT_H,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.db import session
 from relaybox.common.db.session import create_engine, dispose, run_on_driver
 from relaybox.common.settings import DatabaseSettings
 
@@ -97,3 +98,78 @@ async def test_dispose_closes_the_driver_pool(
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"backend {backend} still connected after dispose()")
+
+
+async def test_url_options_reach_the_driver_as_sqlalchemy_reads_them(
+    db_settings: DatabaseSettings,
+) -> None:
+    """`?ssl=…` and `prepared_statement_cache_size=0` (pgbouncer) are connection arguments,
+    not server settings: the hot paths must connect wherever the ORM does."""
+    url = f"{db_settings.url}?ssl=disable&prepared_statement_cache_size=0"
+    own = create_engine(db_settings.model_copy(update={"url": url}))
+    try:
+
+        async def probe(conn: asyncpg.Connection, _repeated: bool) -> int:
+            await conn.fetchval("SELECT 1")
+            assert conn._stmt_cache.get_max_size() == 0  # no prepared statements
+            value: int = await conn.fetchval("SELECT 2")
+            return value
+
+        assert await run_on_driver(own, probe) == 2
+    finally:
+        await dispose(own)
+
+
+async def test_an_error_of_the_work_itself_is_raised_at_once(engine: AsyncEngine) -> None:
+    runs: list[bool] = []
+
+    async def work(conn: asyncpg.Connection, repeated: bool) -> int:
+        runs.append(repeated)
+        pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.fetchval("SELECT $1::int", "not a number")  # a bad parameter (DataError)
+        return pid
+
+    with pytest.raises(asyncpg.DataError):
+        await run_on_driver(engine, work)
+    assert runs == [False]  # not taken for a lost connection: no repeat, the pool kept
+
+
+async def test_a_checkout_gives_up_when_the_pool_stays_exhausted(
+    db_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "ACQUIRE_TIMEOUT_S", 0.2)
+    own = create_engine(db_settings.model_copy(update={"pool_size": 1, "max_overflow": 0}))
+    try:
+
+        async def nested(_conn: asyncpg.Connection, _repeated: bool) -> None:
+            await run_on_driver(own, lambda c, _: c.fetchval("SELECT 1"))  # needs a 2nd one
+
+        with pytest.raises(TimeoutError):
+            await run_on_driver(own, nested)
+    finally:
+        await dispose(own)
+
+
+def test_each_event_loop_gets_a_pool_of_its_own(db_settings: DatabaseSettings) -> None:
+    """An asyncpg pool serves the loop it was made on: the same engine used on another loop
+    (scripts, tests) gets a new pool, and the old one's connections are aborted."""
+    own = create_engine(db_settings)
+
+    async def pid() -> int:
+        value: int = await run_on_driver(own, lambda c, _: c.fetchval("SELECT pg_backend_pid()"))
+        return value
+
+    async def pid_then_dispose() -> int:
+        try:
+            return await pid()  # drops the earlier loop's pool
+        finally:
+            await dispose(own)
+
+    earlier = asyncio.new_event_loop()
+    try:
+        first = earlier.run_until_complete(pid())
+        second = asyncio.run(pid_then_dispose())
+        earlier.run_until_complete(asyncio.sleep(0.05))  # which closes its aborted sockets
+        assert first != second
+    finally:
+        earlier.close()

@@ -186,6 +186,25 @@ async def test_same_webhook_three_times_is_one_event_one_message_one_unread(
     assert (await only_conversation(client))["unreadCount"] == 1
 
 
+async def test_an_inbound_event_older_than_the_retention_is_acknowledged_and_not_stored(
+    api_settings: ApiSettings, engine: AsyncEngine
+) -> None:
+    """The sweeper forgets events after RELAYBOX_WEBHOOK_EVENT_RETENTION_H: a redelivery of one
+    older than that could not be recognised, so an event that old is not taken as new."""
+    settings = api_settings.model_copy(update={"webhook_event_retention_h": 168.0})
+    now = datetime.now(UTC)
+    old = {**inbound("evt-old"), "timestamp": (now - timedelta(hours=169)).isoformat()}
+    recent = {**inbound("evt-recent"), "timestamp": (now - timedelta(hours=167)).isoformat()}
+    async with app_client(settings, engine) as client:
+        expired = await post_event(client, old)
+        assert expired.status_code == 200, expired.text
+        assert expired.json() == {"status": "expired", "eventId": "evt-old"}
+        assert await stored(engine) == (0, 0, 0)
+        processed = await post_event(client, recent)
+        assert processed.json() == {"status": "processed", "eventId": "evt-recent"}
+        assert await stored(engine) == (1, 1, 1)
+
+
 async def test_a_duplicate_with_another_body_changes_nothing(
     gateway: httpx.AsyncClient, client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from relaybox.api.auth import InsecureSecretError, check_secret
@@ -23,6 +26,7 @@ from relaybox.api.emails.schemas import SendEmailRequest
 from relaybox.api.emails.service import parse_bound, today_bounds
 from relaybox.api.errors import ApiError, http_problem
 from relaybox.api.idempotency import lock_key, request_hash, validate_key
+from relaybox.api.middleware import edge_middleware
 from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings, MetaGatewaySettings
 
@@ -240,3 +244,30 @@ def test_strong_secret_accepted() -> None:
 
 def test_placeholder_is_long_enough_for_hs256_in_dev() -> None:
     assert len(PLACEHOLDER_SECRET.encode()) >= 32
+
+
+async def test_a_cancelled_request_is_logged_and_counted_as_499(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def cancelled(_scope: Any, _receive: Any, _send: Any) -> None:
+        raise asyncio.CancelledError
+
+    edge = edge_middleware(trace_context=False)(cancelled)
+    scope = {"type": "http", "method": "GET", "path": "/unit-cancel", "headers": []}
+    before = REGISTRY.get_sample_value(
+        "relaybox_api_requests_total",
+        {"method": "GET", "path": "/unit-cancel", "status_code": "499", "app_name": "relaybox_api"},
+    )
+    with (
+        caplog.at_level(logging.INFO, "relaybox.api.access"),
+        pytest.raises(asyncio.CancelledError),
+    ):
+        await edge(scope, None, None)  # type: ignore[arg-type]
+    after = REGISTRY.get_sample_value(
+        "relaybox_api_requests_total",
+        {"method": "GET", "path": "/unit-cancel", "status_code": "499", "app_name": "relaybox_api"},
+    )
+    assert (after or 0) - (before or 0) == 1
+    assert [r.__dict__["status"] for r in caplog.records if r.name == "relaybox.api.access"] == [
+        499
+    ]

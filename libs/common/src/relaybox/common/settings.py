@@ -93,3 +93,17 @@ class ServiceSettings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     broker: BrokerSettings = BrokerSettings()
     log: LogSettings = LogSettings()
+
+
+class WebhookRetention(BaseModel):
+    """One setting two services read (`RELAYBOX_WEBHOOK_EVENT_RETENTION_H`): the consumers'
+    sweeper deletes webhook events older than this, so the API takes no inbound event older
+    than this (it could be one seen, processed and forgotten)."""
+
+    webhook_event_retention_h: float = Field(
+        default=168.0,
+        gt=0,
+        description="webhook events are remembered (de-duplicated) this long; an inbound event "
+        "older than this is acknowledged and not stored. Keep it above the provider's retry "
+        "window",
+    )

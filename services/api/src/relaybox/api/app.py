@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -65,7 +65,9 @@ def create_app(
             yield session
 
     email_intake = EmailIntake(db_engine, settings.email_from, settings.idempotency_ttl_h)
-    webhook_intake = WebhookIntake(db_engine, settings.meta)
+    webhook_intake = WebhookIntake(
+        db_engine, settings.meta, timedelta(hours=settings.webhook_event_retention_h)
+    )
     auth = jwt_auth(settings)
     limiter = FixedWindowLimiter(settings.rate_limit.send_per_minute)
     request_spans = settings.tracing.request_spans

@@ -14,6 +14,7 @@ per request, and the API's hot paths are a few hundred microseconds of CPU in al
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -37,6 +38,7 @@ TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 _STATE_KEY = "relaybox_request_id"
 _HEADERS_KEY = "relaybox_response_headers"
 _ID_SENT_KEY = "relaybox_request_id_sent"  # the edge put the id on the response itself
+CANCELLED = 499  # the status logged and counted for a request cancelled before its answer
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Headers = list[tuple[bytes, bytes]]
@@ -127,6 +129,9 @@ def edge_middleware(*, trace_context: bool) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, send_with_headers)
             except HTTPException as exc:  # answered further out, by the exception handler
                 status = exc.status_code
+                raise
+            except asyncio.CancelledError:  # the server stopping, or the client gone
+                status = CANCELLED
                 raise
             finally:
                 duration = time.perf_counter() - started

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from relaybox.common.settings import HttpServerSettings, ServiceSettings
+from relaybox.common.settings import HttpServerSettings, ServiceSettings, WebhookRetention
 
 # Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
 PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
@@ -100,7 +100,7 @@ class MailingSettings(BaseModel):
         return value
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(ServiceSettings, WebhookRetention):
     """Everything the API reads from the environment."""
 
     api: HttpServerSettings = HttpServerSettings(port=3000)

@@ -9,11 +9,16 @@ from pydantic import Field
 from relaybox.common.faults import FaultSettings
 from relaybox.common.providers.email_api import EmailApiSettings
 from relaybox.common.providers.meta import MetaProviderSettings
-from relaybox.common.settings import HttpServerSettings, ServiceSettings, SmtpSettings
+from relaybox.common.settings import (
+    HttpServerSettings,
+    ServiceSettings,
+    SmtpSettings,
+    WebhookRetention,
+)
 from relaybox.consumer.mailings.ingest import MailingParseSettings
 
 
-class ConsumerSettings(ServiceSettings):
+class ConsumerSettings(ServiceSettings, WebhookRetention):
     """Everything the consumer reads from the environment."""
 
     prefetch: int = Field(default=32, ge=1, le=1000, description="unacked messages per replica")
@@ -41,12 +46,6 @@ class ConsumerSettings(ServiceSettings):
         gt=0,
         description="stored Idempotency-Key answers are deleted after this long (keep it above "
         "the API's RELAYBOX_IDEMPOTENCY_TTL_H, the window in which they are replayed)",
-    )
-    webhook_event_retention_h: float = Field(
-        default=168.0,
-        gt=0,
-        description="webhook events are deleted after this long; a provider's redelivery of an "
-        "older event is then taken as new (keep it above the provider's retry window)",
     )
     stale_parse_s: float = Field(
         default=600.0,

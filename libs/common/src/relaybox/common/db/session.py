@@ -4,6 +4,7 @@ pre-pinged pool's driver-level path for hot statements."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,18 @@ _LOST = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+# Errors that say the server or the socket is gone even if asyncpg has not closed the
+# connection yet (the goodbye is still being read).
+_SERVER_GONE = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+)
+ACQUIRE_TIMEOUT_S = 30.0  # as SQLAlchemy's pool_timeout
+IDLE_S = 300.0  # a driver connection unused this long is closed (the pool shrinks after a burst)
 T = TypeVar("T")
 
 
@@ -119,15 +132,19 @@ class _DriverPool:
 
     Checking a connection out of SQLAlchemy's pool and back costs ~100 µs of CPU (two greenlet
     hops, the queue, the fairy, the events); asyncpg's own pool costs about half, a fifth of the
-    CPU of a whole `POST /send`. Same size limit as the engine's pool (`pool_size +
-    max_overflow`); connections are opened when first needed and kept (no idle timer, no reset
-    round trip on release: the hot paths leave no session state behind).
+    CPU of a whole `POST /send`. It behaves as the engine's pool does: the same connection
+    arguments (from the URL, as SQLAlchemy's dialect reads them), the same size limit
+    (`pool_size + max_overflow`), a checkout that gives up after `ACQUIRE_TIMEOUT_S`, and
+    connections opened when first needed and closed after `IDLE_S` unused. It skips the reset
+    round trip on release: the hot paths leave no session state behind.
     """
 
     def __init__(self, engine: AsyncEngine, max_size: int) -> None:
-        self.dsn = engine.sync_engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
+        _, kwargs = engine.dialect.create_connect_args(engine.sync_engine.url)
+        kwargs.pop("prepared_statement_name_func", None)  # SQLAlchemy's own statement cache
+        if (cache_size := kwargs.pop("prepared_statement_cache_size", None)) is not None:
+            kwargs["statement_cache_size"] = cache_size  # 0 (for pgbouncer): none in asyncpg
+        self.connect_kwargs: dict[str, Any] = dict(kwargs)
         self.max_size = max_size
         self.pool: asyncpg.Pool | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -136,27 +153,40 @@ class _DriverPool:
     async def get(self) -> asyncpg.Pool:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # first use, or another event loop (a pool serves one)
+            if self.pool is not None:
+                _drop(self.pool)
             self.loop, self.pool, self._opening = loop, None, asyncio.Lock()
         if self.pool is None:
             async with self._opening:
                 if self.pool is None:
                     self.pool = await asyncpg.create_pool(
-                        self.dsn,
                         min_size=0,
                         max_size=self.max_size,
                         init=_json_codecs,
                         reset=_keep_session,
-                        max_inactive_connection_lifetime=0,
+                        max_inactive_connection_lifetime=IDLE_S,
+                        **self.connect_kwargs,
                     )
         return self.pool
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
-        if pool is not None and self.loop is asyncio.get_running_loop():
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except TimeoutError:
-                pool.terminate()
+        if pool is None:
+            return
+        if self.loop is not asyncio.get_running_loop():
+            _drop(pool)
+            return
+        try:
+            await asyncio.wait_for(pool.close(), 5)
+        except TimeoutError:
+            pool.terminate()
+
+
+def _drop(pool: asyncpg.Pool) -> None:
+    """Abort the connections of a pool whose event loop is elsewhere (it cannot be awaited
+    here). If that loop is closed already, they close when they are garbage-collected."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        pool.terminate()
 
 
 _DRIVER_POOLS: weakref.WeakKeyDictionary[Engine, _DriverPool] = weakref.WeakKeyDictionary()
@@ -194,16 +224,29 @@ def _driver_pool(engine: AsyncEngine) -> _DriverPool:
     pools = _DRIVER_POOLS.get(engine.sync_engine)
     if pools is None:
         pool = engine.sync_engine.pool
-        size = pool.size() if isinstance(pool, QueuePool) else 5
+        size = pool.size() + max(0, pool._max_overflow) if isinstance(pool, QueuePool) else 5
         pools = _DRIVER_POOLS[engine.sync_engine] = _DriverPool(engine, size)
     return pools
 
 
 async def dispose(engine: AsyncEngine) -> None:
     """Close the engine's pools: its SQLAlchemy pool and the driver pool of `run_on_driver`."""
-    if (pools := _DRIVER_POOLS.pop(engine.sync_engine, None)) is not None:
-        await pools.close()
-    await engine.dispose()
+    try:
+        if (pools := _DRIVER_POOLS.pop(engine.sync_engine, None)) is not None:
+            await pools.close()
+    finally:
+        await engine.dispose()
+
+
+def _gone(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether `exc` under `work` means the connection is lost (not a failure of `work`)."""
+    if isinstance(exc, _SERVER_GONE):
+        return True
+    try:
+        closed: bool = conn.is_closed()
+        return closed
+    except asyncpg.InterfaceError:  # the pool took the connection back as it closed
+        return True
 
 
 async def run_on_driver(
@@ -222,13 +265,13 @@ async def run_on_driver(
     """
     pool = await _driver_pool(engine).get()
     for repeated in (False, True):
-        try:
-            async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            try:
                 return await work(conn, repeated)
-        except _LOST:
-            if repeated:
-                raise
-            await pool.expire_connections()
+            except _LOST as exc:
+                if repeated or not _gone(conn, exc):
+                    raise  # not a lost connection: a bad parameter, a broker error in `work`
+        await pool.expire_connections()
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -73,10 +73,12 @@ _MODELS: dict[str, type[InboundMessageEvent] | type[StatusEvent]] = {
 
 
 class WebhookAck(msgspec.Struct, rename="camel"):
-    """The answer to the provider: `processed`, `duplicate` (seen before: nothing changed) or
-    `pending` (a status event for a message not recorded as sent yet: applied when it is)."""
+    """The answer to the provider: `processed`, `duplicate` (seen before: nothing changed),
+    `pending` (a status event for a message not recorded as sent yet: applied when it is) or
+    `expired` (an inbound message older than `RELAYBOX_WEBHOOK_EVENT_RETENTION_H`, the window in
+    which events are remembered: not stored, as it may be one already processed)."""
 
-    status: Literal["processed", "duplicate", "pending"]
+    status: Literal["processed", "duplicate", "pending", "expired"]
     event_id: str
 
 

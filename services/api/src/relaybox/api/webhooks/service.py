@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -93,6 +94,7 @@ class WebhookIntake:
 
     engine: AsyncEngine
     settings: MetaGatewaySettings
+    retention: timedelta  # how long events are remembered (the consumers' sweeper purges them)
 
     async def receive(self, body: bytes, signature: str | None) -> WebhookAck:
         """Check the signature of the raw body, parse it, record the event (see module doc)."""
@@ -100,6 +102,9 @@ class WebhookIntake:
         event, payload = parse_event(body)
         if isinstance(event, StatusEvent):
             ack = await _record_status(self.engine, event, payload)
+        elif datetime.now(UTC) - event.timestamp > self.retention:
+            # Older than anything still remembered: it may be one processed and purged since.
+            ack = WebhookAck(status="expired", event_id=event.event_id)
         else:
             ack = await _record_inbound(self.engine, event, payload)
         WEBHOOK_EVENTS.labels(PROVIDER, event.type, ack.status).inc()

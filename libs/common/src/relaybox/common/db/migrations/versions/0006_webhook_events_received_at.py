@@ -1,5 +1,8 @@
 """Webhook events are purged once older than the retention: an index to find them by age.
 
+Built CONCURRENTLY: `webhook_events` was never purged before, so it may be large, and a plain
+CREATE INDEX would block the webhooks' inserts while it builds.
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -15,8 +18,19 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_webhook_events_received_at", "webhook_events", ["received_at"])
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_webhook_events_received_at",
+            "webhook_events",
+            ["received_at"],
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_webhook_events_received_at", table_name="webhook_events")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_webhook_events_received_at",
+            table_name="webhook_events",
+            postgresql_concurrently=True,
+        )
