@@ -226,7 +226,7 @@ def summarize(runs: list[Run], *, count: int, batch_size: int) -> Result:
 
 def run(*, quick: bool = False, count: int | None = None, rounds: int | None = None) -> Result:
     messages = count or (2_000 if quick else 20_000)
-    laps = rounds or (1 if quick else 3)
+    laps = rounds or (1 if quick else 5)
     tag = run_id()
     batch_size = PublisherSettings.model_fields["batch_size"].default
     with bench_database(f"relay_{tag}") as database_url:
