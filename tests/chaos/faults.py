@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 FaultKind = Literal["kill", "broker-restart", "database-restart", "429-burst"]
 RESTART_AFTER_S = 1.0  # a supervisor's delay before it starts a killed replica again
 BROKER_DOWN_S = 5.0
+BURST_S = 2.0  # a 429 burst: every call answered 429 for this long (then the steady 5xx rate)
+BURST_CALLS = 1_000_000
 COMMAND_TIMEOUT_S = 120.0
 SERVER_BACK_TIMEOUT_S = 120.0
 RANDOM_5XX = (500, 502, 503, 504)
@@ -32,9 +35,10 @@ RANDOM_5XX = (500, 502, 503, 504)
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault `at_s` seconds after the start of the load; `target` names a replica."""
+    """One fault once `at` (a fraction) of the load has been submitted; `target` names a
+    replica."""
 
-    at_s: float
+    at: float
     kind: FaultKind
     target: str | None = None
 
@@ -98,12 +102,22 @@ class Providers:
             "/config", {"failureRate": failure_rate, "failureStatuses": list(RANDOM_5XX)}
         )
 
-    async def burst_429(self, size: int) -> None:
-        """The next `size` calls of each provider answer 429 (SMTP has none: 451, try later)."""
-        await self._config("/email-api/_mock/config", {"failNext": size, "failStatus": 429})
-        await self._config("/config", {"failNext": size, "failStatus": 429})
+    async def burst_429(self, seconds: float) -> None:
+        """Every provider answers 429 for `seconds` (SMTP has no 429: 451, try again later).
+
+        Bounded in time, not in calls: a burst of N calls would outlive the load and be used up
+        by the last few items' retries one by one."""
+        await self._fail_next(BURST_CALLS)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await self._fail_next(0)
+
+    async def _fail_next(self, calls: int) -> None:
+        await self._config("/email-api/_mock/config", {"failNext": calls, "failStatus": 429})
+        await self._config("/config", {"failNext": calls, "failStatus": 429})
         current = (await self._client.get("/smtp/config")).json()
-        await self._config("/smtp/config", {**current, "failNext": size})
+        await self._config("/smtp/config", {**current, "failNext": calls})
 
     async def _config(self, path: str, body: dict[str, object]) -> None:
         response = await self._client.post(path, json=body)
@@ -120,24 +134,20 @@ class FaultRunner:
         *,
         amqp_url: str,
         database_url: str,
-        burst_size: int,
         email_providers: dict[str, str],
     ) -> None:
         self._cluster = cluster
         self._providers = providers
         self._amqp_url = amqp_url
         self._database_url = database_url
-        self._burst_size = burst_size
         self._email_providers = email_providers  # consumer replica name -> its email provider
         self.records: list[FaultRecord] = []
         self.kills: list[Kill] = []
 
-    async def run(self, schedule: list[Fault], started: float) -> None:
-        """Each fault at its time (monotonic `started` + at_s), in order."""
-        for fault in sorted(schedule, key=lambda f: f.at_s):
-            delay = started + fault.at_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async def run(self, schedule: list[Fault], reached: Callable[[float], Awaitable[None]]) -> None:
+        """Each fault once the load `reached` its point, one after the other."""
+        for fault in sorted(schedule, key=lambda f: f.at):
+            await reached(fault.at)
             begun = time.time()
             log.warning("fault: %s", fault.label)
             await self._apply(fault)
@@ -153,7 +163,7 @@ class FaultRunner:
             await run_command(postgres_restart_command())
             await wait_port(self._database_url, 5432)
         else:
-            await self._providers.burst_429(self._burst_size)
+            await self._providers.burst_429(BURST_S)
 
     async def _kill(self, name: str) -> None:
         moment = await self._cluster.kill(name)

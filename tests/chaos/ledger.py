@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Route = Literal["email", "mailing", "meta"]
@@ -25,6 +26,7 @@ ROUTE_TITLES: dict[Route, str] = {
 TERMINAL = frozenset({"SENT", "DELIVERED", "READ", "FAILED"})
 TARGET_AFTER_LAST_FAULT_S = 60.0
 SHOWN = 5  # examples printed per finding
+SLOWEST = 3  # the items whose last acceptance came last: what the tail of a run is made of
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ def tally_items(
 ) -> None:
     """Classify every item into its route's tally, collecting findings and per-kill counts."""
     ledger.per_kill = [0] * len(kills)
+    finished: list[tuple[float, Item, list[Acceptance]]] = []
     for item in items:
         tally = ledger.routes.setdefault(item.route, RouteTally())
         tally.items += 1
@@ -247,6 +250,11 @@ def tally_items(
         tally.calls += calls.get(item.key, 0)
         tally.refused += calls.get(item.key, 0) - len(got)
         _classify(ledger, tally, item, got, kills)
+        if got:
+            finished.append((max(a.at for a in got), item, got))
+    for _, item, got in sorted(finished, key=lambda f: f[0])[-SLOWEST:]:
+        detail = f"{_story(got)}; {item.row}; {calls.get(item.key, 0)} calls"
+        ledger.findings.append(Finding(item.route, item.key, "slowest", detail))
 
 
 def _classify(
@@ -291,7 +299,8 @@ def _story(got: Sequence[Acceptance]) -> str:
     moments = ", ".join(
         f"{a.provider}@+{a.at - first:.3f}s" for a in sorted(got, key=lambda a: a.at)
     )
-    return f"accepted {moments} (first at {first:.3f})"
+    stamp = datetime.fromtimestamp(first, UTC).isoformat(timespec="milliseconds")
+    return f"accepted {moments} (first {stamp})"
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -50,11 +50,11 @@ from tests.chaos.records import (
 from tests.chaos.workload import (
     Counts,
     InboundPlan,
+    Pacer,
     Submitter,
     jobs,
     now_utc,
     plan_inbound,
-    submit_paced,
 )
 from tests.support.servers import Servers
 from tests.support.serving import free_port
@@ -72,10 +72,10 @@ class Plan:
 
     mode: str
     counts: Counts
-    submit_s: float  # the load is spread over this long
+    rate: float  # requests per second at most
+    max_backlog: int  # items accepted by relaybox and not yet terminal, at most
     faults: tuple[Fault, ...]
     failure_rate: float = 0.3  # every provider's steady share of 5xx (SMTP: 451)
-    burst_size: int = 30  # calls answered 429 per burst and provider
     lease_s: float = 10.0
     prefetch: int = 32
     max_attempts: int = 25  # 0.3^25: no item runs out of attempts by bad luck
@@ -92,33 +92,34 @@ class Plan:
 FULL = Plan(
     mode="full",
     counts=Counts(emails=3000, mailing_rows=3000, meta_sends=2000, inbound=2000),
-    submit_s=100.0,
+    rate=150.0,
+    max_backlog=400,
     faults=(
-        Fault(8, "429-burst"),
-        Fault(12, "kill", "consumer-smtp"),
-        Fault(20, "kill", "publisher"),
-        Fault(28, "broker-restart"),
-        Fault(42, "kill", "consumer-api"),
-        Fault(48, "429-burst"),
-        Fault(54, "database-restart"),
-        Fault(66, "kill", "publisher"),
-        Fault(72, "broker-restart"),
-        Fault(86, "kill", "consumer-smtp"),
-        Fault(92, "429-burst"),
+        Fault(0.05, "429-burst"),
+        Fault(0.10, "kill", "consumer-smtp"),
+        Fault(0.18, "kill", "publisher"),
+        Fault(0.26, "broker-restart"),
+        Fault(0.38, "kill", "consumer-api"),
+        Fault(0.45, "429-burst"),
+        Fault(0.52, "database-restart"),
+        Fault(0.62, "kill", "publisher"),
+        Fault(0.70, "broker-restart"),
+        Fault(0.82, "kill", "consumer-smtp"),
+        Fault(0.90, "429-burst"),
     ),
 )
 SMOKE = Plan(
     mode="smoke",
     counts=Counts(emails=150, mailing_rows=100, meta_sends=100, inbound=100),
-    submit_s=20.0,
+    rate=30.0,
+    max_backlog=150,
     faults=(
-        Fault(3, "429-burst"),
-        Fault(5, "kill", "consumer-smtp"),
-        Fault(9, "kill", "publisher"),
-        Fault(13, "kill", "consumer-api"),
-        Fault(16, "429-burst"),
+        Fault(0.1, "429-burst"),
+        Fault(0.2, "kill", "consumer-smtp"),
+        Fault(0.45, "kill", "publisher"),
+        Fault(0.65, "kill", "consumer-api"),
+        Fault(0.85, "429-burst"),
     ),
-    burst_size=10,
 )
 
 
@@ -264,6 +265,25 @@ async def wait_terminal(setup: Setup, deadline: float) -> tuple[float | None, di
     return None, seen
 
 
+class Backlog:
+    """Items relaybox accepted and has not finished (emails and Meta sends), polled."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.value = 0
+
+    def __call__(self) -> int:
+        return self.value
+
+    async def watch(self) -> None:
+        """Refresh twice a second until cancelled (the last value stays through an outage)."""
+        while True:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+                counts = await outstanding(self._dsn)
+                self.value = counts["emails_open"] + counts["meta_open"]
+            await asyncio.sleep(0.5)
+
+
 async def _supervise(cluster: Cluster, ledger: Ledger) -> None:
     while True:
         await asyncio.sleep(1.0)
@@ -406,25 +426,27 @@ async def _phase(
         providers,
         amqp_url=setup.broker.url,
         database_url=setup.database_url,
-        burst_size=plan.burst_size,
         email_providers={n: LEDGER_PROVIDER[p] for n, p in CONSUMERS.items()},
     )
     inbound = plan_inbound(plan.counts.inbound, rng, now_utc())
     work = jobs(submitter, plan.counts, inbound, rng)
-    started, t0 = time.monotonic(), time.time()
-    supervisor = asyncio.create_task(_supervise(cluster, ledger))
+    backlog = Backlog(setup.dsn)
+    pacer = Pacer(plan.rate, plan.max_backlog, backlog)
+    t0 = time.time()
+    helpers = [
+        asyncio.create_task(_supervise(cluster, ledger)),
+        asyncio.create_task(backlog.watch()),
+    ]
     try:
-        failures, _ = await asyncio.gather(
-            submit_paced(work, plan.submit_s), runner.run(list(plan.faults), started)
-        )
+        await asyncio.gather(pacer.run(work), runner.run(list(plan.faults), pacer.reached))
         last_fault = max((r.ended for r in runner.records), default=time.time())
         log.warning("load and faults done; waiting for every item to be terminal")
         terminal, seen = await wait_terminal(setup, last_fault + plan.watch_s)
     finally:
-        supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await supervisor
-    return Phase(submitter, runner, inbound, t0, last_fault, terminal, seen, failures)
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return Phase(submitter, runner, inbound, t0, last_fault, terminal, seen, pacer.failures)
 
 
 def _fill(ledger: Ledger, plan: Plan, phase: Phase, side: ProviderSide, rows: Rows) -> None:

@@ -265,31 +265,67 @@ def _bind(method: Callable[[Any], Awaitable[None]], argument: Any) -> Job:
     return job
 
 
-async def submit_paced(jobs_: list[Job], seconds: float, concurrency: int = 24) -> list[str]:
-    """Start the jobs evenly over `seconds` (never more than `concurrency` at once); the
-    errors of the jobs that gave up."""
-    gate = asyncio.Semaphore(concurrency)
-    started = time.monotonic()
-    interval = seconds / max(len(jobs_), 1)
-    failures: list[str] = []
+class Pacer:
+    """Starts jobs at most `rate` per second and `concurrency` at once, and only while the
+    backlog (items relaybox accepted and has not finished) stays under `max_backlog`: the load
+    follows what the machine sustains, so faults land on a bounded backlog on any machine."""
 
-    async def run(job: Job) -> None:
+    def __init__(
+        self,
+        rate: float,
+        max_backlog: int,
+        backlog: Callable[[], int],
+        concurrency: int = 16,
+    ) -> None:
+        self._interval = 1 / rate
+        self._max_backlog = max_backlog
+        self._backlog = backlog
+        self._gate = asyncio.Semaphore(concurrency)
+        self._total = 0
+        self._started = 0
+        self._moved = asyncio.Event()
+        self.failures: list[str] = []
+
+    @property
+    def progress(self) -> float:
+        """The share of the jobs started so far."""
+        return self._started / self._total if self._total else 1.0
+
+    async def reached(self, fraction: float) -> None:
+        """Wait until `fraction` of the jobs have started."""
+        while self.progress < fraction:
+            self._moved.clear()
+            await self._moved.wait()
+
+    async def run(self, jobs_: list[Job]) -> None:
+        """Start every job when its turn comes; return when all have finished."""
+        self._total = len(jobs_)
+        tasks: list[asyncio.Task[None]] = []
+        next_at = time.monotonic()
+        for job in jobs_:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await self._room()
+            await self._gate.acquire()
+            tasks.append(asyncio.create_task(self._run(job)))
+            self._started += 1
+            self._moved.set()
+            next_at = max(next_at + self._interval, time.monotonic() - 1.0)
+        await asyncio.gather(*tasks)
+
+    async def _room(self) -> None:
+        """Wait until the backlog (a polled figure) is under its cap."""
+        while True:
+            if self._backlog() < self._max_backlog:
+                return
+            await asyncio.sleep(0.1)
+
+    async def _run(self, job: Job) -> None:
         try:
             await job()
         except (RuntimeError, httpx.HTTPError, ValueError, KeyError) as exc:
-            failures.append(f"a request gave up: {exc!r}"[:300])
+            self.failures.append(f"a request gave up: {exc!r}"[:300])
         finally:
-            gate.release()
-
-    tasks: list[asyncio.Task[None]] = []
-    for index, job in enumerate(jobs_):
-        delay = started + index * interval - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await gate.acquire()
-        tasks.append(asyncio.create_task(run(job)))
-    await asyncio.gather(*tasks)
-    return failures
+            self._gate.release()
 
 
 def now_utc() -> datetime:
