@@ -2,10 +2,12 @@
 
 The providers' side is the truth: the mocks record every call per item key with de-duplication
 off. An item is delivered once when one provider accepted it once; a second acceptance is
-explained only by the documented crash window (a consumer killed after the provider accepted and
-before `SENT` was recorded: README, "What a crash can cost"), so each extra acceptance needs a
-kill of a consumer that could have made the earlier call, at most `crash_window_s` after it and
-before the repeat. Any other repeat, and any item no provider accepted, fails the run.
+explained only by the documented crash window (a consumer killed after its call left and before
+`SENT` was recorded: README, "What a crash can cost"), so each extra acceptance needs a kill of a
+consumer that could have made the earlier call, before the repeat and around the earlier
+acceptance: at most `crash_window_s` (the lease) after it, or up to `IN_FLIGHT_S` before it (a
+request that left just before the kill is accepted when the provider gets to it). Any other
+repeat, and any item no provider accepted, fails the run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ROUTE_TITLES: dict[Route, str] = {
 }
 TERMINAL = frozenset({"SENT", "DELIVERED", "READ", "FAILED"})
 TARGET_AFTER_LAST_FAULT_S = 60.0
+IN_FLIGHT_S = 10.0  # the providers' client timeout: no call is answered later than this
 SHOWN = 5  # examples printed per finding
 SLOWEST = 3  # the items whose last acceptance came last: what the tail of a run is made of
 
@@ -184,6 +187,9 @@ class Ledger:
             missed.append(f"a kill explains more than prefetch ({self.prefetch}) repeats")
         if self.stray_keys:
             missed.append(f"{self.stray_keys} provider calls for unknown items")
+        invalid = sum(1 for f in self.findings if f.outcome == "token not valid")
+        if invalid:
+            missed.append(f"{invalid} recipients' last token does not verify")
         after = self.timing.after_last_fault_s
         if after is None or after > TARGET_AFTER_LAST_FAULT_S:
             missed.append(f"terminal {_seconds(after)} after the last fault (target ≤ 60 s)")
@@ -215,9 +221,9 @@ def explain_repeats(
 ) -> list[int | None]:
     """For each acceptance after the first, the index of the kill that explains it, or None.
 
-    A repeat after acceptance `a` is explained by a kill `k` with `a.at <= k.at <= a.at + window`
-    and `k.at` before the repeat, of a consumer that could have made call `a` (any consumer
-    sends Meta messages; an email went through the killed consumer's email provider).
+    A repeat after acceptance `a` is explained by a kill `k` before the repeat with
+    `a.at - IN_FLIGHT_S <= k.at <= a.at + window`, of a consumer that could have made call `a`
+    (any consumer sends Meta messages; an email went through the killed consumer's provider).
     """
     ordered = sorted(accepted, key=lambda a: a.at)
     explained: list[int | None] = []
@@ -225,7 +231,8 @@ def explain_repeats(
         found = None
         for index, kill in enumerate(kills):
             could_send = route == "meta" or kill.email_provider == earlier.provider
-            in_window = earlier.at <= kill.at <= min(later.at, earlier.at + window_s)
+            in_window = earlier.at - IN_FLIGHT_S <= kill.at <= earlier.at + window_s
+            in_window = in_window and kill.at <= later.at
             if could_send and in_window:
                 found = index
                 break
@@ -371,8 +378,8 @@ def _fault_lines(ledger: Ledger) -> list[str]:
         f"+{_seconds(timing.terminal_s)[:-2]} s: {_seconds(after)} after the last fault "
         f"(target ≤ {TARGET_AFTER_LAST_FAULT_S:.0f} s); run {timing.duration_s:.0f} s",
         f"crash-window repeats per consumer kill: {ledger.per_kill or '-'} "
-        f"(bound: prefetch {ledger.prefetch}; window {ledger.crash_window_s:g} s after the "
-        "accepted call)",
+        f"(bound: prefetch {ledger.prefetch}; a kill from {IN_FLIGHT_S:g} s before to "
+        f"{ledger.crash_window_s:g} s after the accepted call)",
         "CPU seconds: " + ", ".join(f"{name} {sec:g}" for name, sec in ledger.cpu_s.items()),
     ]
 

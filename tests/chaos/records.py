@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.chaos.ledger import Acceptance, InboundTally, Item, Route
+from tests.chaos.ledger import Acceptance, Finding, InboundTally, Item, Route
 from tests.chaos.workload import InboundPlan, Submitted
 
 OUTSTANDING = """
@@ -109,7 +109,10 @@ class ProviderSide:
     accepted: dict[str, list[Acceptance]]
     calls: dict[str, int]
     unkeyed_calls: int
-    tokens: dict[str, str]  # email id -> the token its body carried (last one seen)
+    tokens: dict[str, list[tuple[datetime, str]]]  # email id -> tokens delivered, with when
+
+    def all_tokens(self) -> list[str]:
+        return [token for delivered in self.tokens.values() for _, token in delivered]
 
 
 async def read_provider_side(client: httpx.AsyncClient) -> ProviderSide:
@@ -128,29 +131,39 @@ async def read_provider_side(client: httpx.AsyncClient) -> ProviderSide:
     return ProviderSide(accepted, calls, unkeyed, await _tokens(client))
 
 
-async def _tokens(client: httpx.AsyncClient) -> dict[str, str]:
-    """The token in each accepted mailing email's body, by email id."""
-    found: dict[str, str] = {}
+async def _tokens(client: httpx.AsyncClient) -> dict[str, list[tuple[datetime, str]]]:
+    """The tokens accepted mailing emails carried in their bodies, by email id, in order."""
+    found: dict[str, list[tuple[datetime, str]]] = {}
+
+    def add(email_id: str | None, moment: str, body: str | None) -> None:
+        match = TOKEN.search(body or "")
+        if email_id and match:
+            found.setdefault(email_id, []).append((datetime.fromisoformat(moment), match[1]))
+
     smtp = (await client.get("/smtp/messages")).raise_for_status().json()["data"]
     for message in smtp:
-        match = TOKEN.search(message.get("text") or "")
-        if match and message.get("messageId"):
-            found[message["messageId"].strip("<>").split("@", 1)[0]] = match.group(1)
+        email_id = (message.get("messageId") or "").strip("<>").split("@", 1)[0]
+        add(email_id, message["receivedAt"], message.get("text"))
     api = (await client.get("/email-api/_mock/messages")).raise_for_status().json()["data"]
     for record in api:
-        match = TOKEN.search(record["body"])
-        if match and record.get("idempotencyKey"):
-            found[record["idempotencyKey"]] = match.group(1)
+        add(record.get("idempotencyKey"), record["acceptedAt"], record["body"])
+    return {email_id: sorted(delivered) for email_id, delivered in found.items()}
+
+
+def token_findings(
+    tokens: dict[str, list[tuple[datetime, str]]], hashes: dict[str, str]
+) -> list[Finding]:
+    """Mailing emails whose last delivered token is not the one relaybox keeps the hash of:
+    the recipient's newest email carries a token that will not verify."""
+    found = []
+    for email_id, expected in hashes.items():
+        delivered = tokens.get(email_id, [])
+        digests = [hashlib.sha256(token.encode()).hexdigest() for _, token in delivered]
+        if digests and digests[-1] != expected:
+            earlier = "an earlier one matches" if expected in digests else "none matches"
+            detail = f"{len(delivered)} tokens delivered, the last does not match ({earlier})"
+            found.append(Finding("mailing", email_id, "token not valid", detail))
     return found
-
-
-def token_mismatches(tokens: dict[str, str], hashes: dict[str, str]) -> list[str]:
-    """Mailing emails whose delivered token is not the one relaybox stored the hash of."""
-    return [
-        email_id
-        for email_id, expected in hashes.items()
-        if email_id in tokens and hashlib.sha256(tokens[email_id].encode()).hexdigest() != expected
-    ]
 
 
 def inbound_tally(plan: InboundPlan, submitted: Submitted, rows: Rows) -> InboundTally:
