@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
+import functools
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.processes import cpu_seconds, die_with_parent
 from tests.support.serving import wait_http
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 20.0
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the harness dies (Linux), never outlive it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -43,16 +36,7 @@ class Service:
     def account(self) -> None:
         """Add the current process's CPU time (read before it is reaped)."""
         if self.process is not None and self.process.returncode is None:
-            self.cpu_s += cpu_seconds(self.process.pid)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            self.cpu_s += cpu_seconds(self.process.pid) or 0.0
 
 
 class Cluster:
@@ -84,7 +68,7 @@ class Cluster:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, signal.SIGKILL),
             )
         if service.health_url is not None:
             await wait_http(service.health_url, READY_TIMEOUT_S)

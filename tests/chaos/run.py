@@ -56,6 +56,7 @@ from tests.chaos.workload import (
     now_utc,
     plan_inbound,
 )
+from tests.support.databases import drop_database_async
 from tests.support.servers import Servers
 from tests.support.serving import free_port
 
@@ -316,18 +317,8 @@ async def run_resources(
         if keep:
             log.warning("kept database %s and topology prefix %s", url.database, tag)
         else:
-            await _drop(database_url)
+            await drop_database_async(database_url)
             await _delete_topology(broker)
-
-
-async def _drop(database_url: str) -> None:
-    parsed = make_url(database_url)
-    admin = asyncpg_dsn(parsed.set(database="postgres").render_as_string(hide_password=False))
-    conn = await asyncpg.connect(admin, timeout=10)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _delete_topology(broker: BrokerSettings) -> None:
