@@ -9,7 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.chaos.run import FULL, SMOKE, run
+from tests.chaos import report
+from tests.chaos.plans import FULL, SMOKE
+from tests.chaos.run import run
 from tests.support.servers import locate
 
 
@@ -26,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     with locate() as servers:
         plan = SMOKE if args.smoke else FULL
         ledger = asyncio.run(run(plan, servers, log_dir, args.seed, keep=args.keep))
-    print(ledger.table())
-    print(ledger.json_line())
+    print(report.table(ledger))
+    print(report.json_line(ledger))
     print(f"service logs: {log_dir}", file=sys.stderr)
     return 0 if ledger.ok else 1
 

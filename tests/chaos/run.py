@@ -1,9 +1,5 @@
 """One chaos run end to end: a fresh database and topology, the real service processes, the
-load, the faults, then the ledger from the providers' side. `python -m tests.chaos` runs it.
-
-The plan names what is submitted and which faults happen when; `FULL` is what `make chaos`
-runs (10,000 items, broker and database restarts included), `SMOKE` the ~60 s run of the test
-suite (process kills and provider faults only: CI shares its servers).
+load and the faults at once, then the ledger from the providers' side (`python -m tests.chaos`).
 """
 
 from __future__ import annotations
@@ -12,13 +8,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,16 +21,14 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from relaybox.api.auth import issue_token
-from relaybox.api.settings import ApiSettings, AuthSettings
 from relaybox.common.db.migrate import upgrade
-from relaybox.common.db.session import asyncpg_dsn
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings
 from tests.chaos.cluster import Cluster
-from tests.chaos.faults import Fault, FaultRunner, Providers, ensure_servers_up
+from tests.chaos.faults import FaultRunner, Providers, ensure_servers_up
 from tests.chaos.leaks import find_leaks
-from tests.chaos.ledger import Ledger, details, tally_items
+from tests.chaos.ledger import Ledger, tally_items
+from tests.chaos.plans import Plan
 from tests.chaos.records import (
     ProviderSide,
     Rows,
@@ -47,8 +39,9 @@ from tests.chaos.records import (
     read_rows,
     token_findings,
 )
+from tests.chaos.report import details
+from tests.chaos.setup import CONSUMERS, LEDGER_PROVIDER, Setup, start_services
 from tests.chaos.workload import (
-    Counts,
     InboundPlan,
     Pacer,
     Submitter,
@@ -58,198 +51,11 @@ from tests.chaos.workload import (
 )
 from tests.support.databases import drop_database_async
 from tests.support.servers import Servers
-from tests.support.serving import free_port
 
 log = logging.getLogger("chaos")
 
-SERVER_FAULTS = frozenset({"broker-restart", "database-restart"})
-CONSUMERS = {"consumer-smtp": "smtp", "consumer-api": "http-api"}
-LEDGER_PROVIDER = {"smtp": "smtp", "http-api": "email-api"}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run submits, the faults it injects and the settings it runs the services with."""
-
-    mode: str
-    counts: Counts
-    rate: float  # requests per second at most
-    max_backlog: int  # items accepted by relaybox and not yet terminal, at most
-    faults: tuple[Fault, ...]
-    failure_rate: float = 0.3  # every provider's steady share of 5xx (SMTP: 451)
-    lease_s: float = 10.0
-    prefetch: int = 32
-    max_attempts: int = 25  # 0.3^25: no item runs out of attempts by bad luck
-    retry_delays_ms: tuple[int, ...] = (250, 1000, 3000)
-    email_api_rate: float = 200.0  # the email API's limit (mock) and relaybox's global rate
-    meta_rate: float = 200.0
-    watch_s: float = 240.0  # how long after the last fault to wait for every item
-
-    @property
-    def restarts_servers(self) -> bool:
-        return any(f.kind in SERVER_FAULTS for f in self.faults)
-
-
-FULL = Plan(
-    mode="full",
-    counts=Counts(emails=3000, mailing_rows=3000, meta_sends=2000, inbound=2000),
-    rate=150.0,
-    max_backlog=400,
-    faults=(
-        Fault(0.05, "429-burst"),
-        Fault(0.10, "kill", "consumer-smtp"),
-        Fault(0.18, "kill", "publisher"),
-        Fault(0.26, "broker-restart"),
-        Fault(0.38, "kill", "consumer-api"),
-        Fault(0.45, "429-burst"),
-        Fault(0.52, "database-restart"),
-        Fault(0.62, "kill", "publisher"),
-        Fault(0.70, "broker-restart"),
-        Fault(0.82, "kill", "consumer-smtp"),
-        Fault(0.90, "429-burst"),
-    ),
-)
-SMOKE = Plan(
-    mode="smoke",
-    counts=Counts(emails=150, mailing_rows=100, meta_sends=100, inbound=100),
-    rate=30.0,
-    max_backlog=150,
-    faults=(
-        Fault(0.1, "429-burst"),
-        Fault(0.2, "kill", "consumer-smtp"),
-        Fault(0.45, "kill", "publisher"),
-        Fault(0.65, "kill", "consumer-api"),
-        Fault(0.85, "429-burst"),
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Everything secret the run hands out; the logs are grepped for each."""
-
-    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    email_api_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
-
-    def bearer(self) -> str:
-        settings = ApiSettings(auth=AuthSettings(jwt_secret=self.jwt_secret))
-        return issue_token(settings, "chaos")
-
-
-@dataclass(frozen=True)
-class Ports:
-    mock: int = field(default_factory=free_port)
-    smtp: int = field(default_factory=free_port)
-    api: int = field(default_factory=free_port)
-    publisher: int = field(default_factory=free_port)
-    consumers: tuple[int, ...] = field(default_factory=lambda: (free_port(), free_port()))
-
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
-
-
-@dataclass
-class Setup:
-    """The run's database, topology, secrets and ports."""
-
-    plan: Plan
-    database_url: str
-    broker: BrokerSettings
-    keys: Secrets = field(default_factory=Secrets)
-    ports: Ports = field(default_factory=Ports)
-
-    @property
-    def dsn(self) -> str:
-        return asyncpg_dsn(self.database_url)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBOX_")}
-        env.update(
-            {
-                "RELAYBOX_DATABASE__URL": self.database_url,
-                "RELAYBOX_BROKER__URL": self.broker.url,
-                "RELAYBOX_BROKER__TOPOLOGY_PREFIX": self.broker.topology_prefix,
-                "RELAYBOX_BROKER__RETRY_DELAYS_MS": json.dumps(self.broker.retry_delays_ms),
-                "RELAYBOX_LOG__LEVEL": "INFO",
-                # 4 processes x (SQLAlchemy pool + asyncpg pool) stay well under PostgreSQL's
-                # default 100 connections, which the test suites running beside share
-                "RELAYBOX_DATABASE__POOL_SIZE": "4",
-                "RELAYBOX_DATABASE__MAX_OVERFLOW": "4",
-            }
-        )
-        env.update(extra)
-        return env
-
-
-def mock_env(setup: Setup, seed: int) -> dict[str, str]:
-    ports, rate = setup.ports, setup.plan.email_api_rate
-    return setup.env(
-        RELAYBOX_MOCK_META__PORT=str(ports.mock),
-        RELAYBOX_SMTP_SINK__PORT=str(ports.smtp),
-        RELAYBOX_SMTP_SINK__MAX_MESSAGES="200000",
-        RELAYBOX_EMAIL_API__PASSWORD=setup.keys.email_api_password,
-        RELAYBOX_EMAIL_API__RATE_LIMIT_PER_WINDOW=str(int(rate)),
-        RELAYBOX_EMAIL_API__RATE_WINDOW_S="1",
-        RELAYBOX_EMAIL_API__MAX_MESSAGES="200000",
-        RELAYBOX_META__WEBHOOK_URL=f"{ports.url(ports.api)}/webhooks/mock-meta",
-        RELAYBOX_META__WEBHOOK_SECRET=setup.keys.webhook_secret,
-        RELAYBOX_META__STATUS_EVENTS="false",
-        RELAYBOX_META__MAX_MESSAGES="200000",
-        RELAYBOX_META__SEED=str(seed),
-    )
-
-
-def api_env(setup: Setup) -> dict[str, str]:
-    return setup.env(
-        RELAYBOX_API__PORT=str(setup.ports.api),
-        RELAYBOX_AUTH__JWT_SECRET=setup.keys.jwt_secret,
-        RELAYBOX_META__WEBHOOK_SECRET=setup.keys.webhook_secret,
-        RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE="1000000",
-        RELAYBOX_MAILINGS__PROVIDER_RATE_PER_SECOND=str(setup.plan.email_api_rate),
-    )
-
-
-def consumer_env(setup: Setup, provider: str, port: int) -> dict[str, str]:
-    plan, ports = setup.plan, setup.ports
-    return setup.env(
-        RELAYBOX_CONSUMER__PORT=str(port),
-        RELAYBOX_EMAIL_PROVIDER=provider,
-        RELAYBOX_SMTP__PORT=str(ports.smtp),
-        RELAYBOX_EMAIL_API__BASE_URL=f"{ports.url(ports.mock)}/email-api",
-        RELAYBOX_EMAIL_API__PASSWORD=setup.keys.email_api_password,
-        RELAYBOX_EMAIL_API__RATE_PER_SECOND=str(plan.email_api_rate),
-        RELAYBOX_META__BASE_URL=ports.url(ports.mock),
-        RELAYBOX_META__RATE_PER_SECOND=str(plan.meta_rate),
-        RELAYBOX_LEASE_S=str(plan.lease_s),
-        RELAYBOX_PREFETCH=str(plan.prefetch),
-        RELAYBOX_MAX_ATTEMPTS=str(plan.max_attempts),
-    )
-
-
-async def start_services(cluster: Cluster, setup: Setup, seed: int) -> None:
-    """mock-meta (the providers), the API, the publisher and both consumers, all at once."""
-    ports = setup.ports
-    replicas = [
-        ("mock-meta", "relaybox.mock_meta", mock_env(setup, seed), ports.mock),
-        ("api", "relaybox.api", api_env(setup), ports.api),
-        (
-            "publisher",
-            "relaybox.publisher",
-            setup.env(RELAYBOX_PUBLISHER__PORT=str(ports.publisher)),
-            ports.publisher,
-        ),
-    ]
-    for (name, provider), port in zip(CONSUMERS.items(), ports.consumers, strict=True):
-        replicas.append((name, "relaybox.consumer", consumer_env(setup, provider, port), port))
-    started = time.monotonic()
-    await asyncio.gather(
-        *(
-            cluster.add(name, module, env, f"{ports.url(port)}/health")
-            for name, module, env, port in replicas
-        )
-    )
-    log.warning("%d services up in %.1f s", len(replicas), time.monotonic() - started)
+# what polling the database raises while PostgreSQL restarts
+DATABASE_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def wait_terminal(setup: Setup, deadline: float) -> tuple[float | None, dict[str, int]]:
@@ -261,7 +67,7 @@ async def wait_terminal(setup: Setup, deadline: float) -> tuple[float | None, di
     while time.time() < deadline:
         try:
             seen = await outstanding(setup.dsn)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
+        except DATABASE_DOWN:
             seen = {}  # the database is restarting
         if seen and all_terminal(seen, emails, counts.inbound):
             return time.time(), seen
@@ -282,7 +88,7 @@ class Backlog:
     async def watch(self) -> None:
         """Refresh twice a second until cancelled (the last value stays through an outage)."""
         while True:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            with contextlib.suppress(*DATABASE_DOWN):
                 counts = await outstanding(self._dsn)
                 self.value = counts["emails_open"] + counts["meta_open"]
             await asyncio.sleep(0.5)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.run import SMOKE, run
+from tests.chaos import report
+from tests.chaos.plans import SMOKE
+from tests.chaos.run import run
 from tests.support.servers import Servers
 
 pytestmark = pytest.mark.chaos
@@ -22,6 +24,6 @@ async def test_smoke_run_keeps_the_ledger(servers: Servers, tmp_path: Path) -> N
     seed = os.environ.get("RELAYBOX_CHAOS_SEED")
     ledger = await run(SMOKE, servers, tmp_path, None if seed is None else int(seed))
 
-    print(ledger.table())  # shown with -s, or with the failure
-    assert ledger.ok, ledger.table()
+    print(report.table(ledger))  # shown with -s, or with the failure
+    assert ledger.ok, report.table(ledger)
     assert not SMOKE.restarts_servers

@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.chaos import report
 from tests.chaos.leaks import find_leaks
 from tests.chaos.ledger import (
     IN_FLIGHT_S,
@@ -94,8 +95,8 @@ def test_a_clean_run_prints_ok_and_one_json_line() -> None:
     ledger.inbound.events = ledger.inbound.stored_once = 0
 
     assert ledger.ok, ledger.failures()
-    assert ledger.table().splitlines()[-1] == "verdict: OK"
-    line = ledger.json_line()
+    assert report.table(ledger).splitlines()[-1] == "verdict: OK"
+    line = report.json_line(ledger)
     assert "\n" not in line
     summary = json.loads(line)
     assert summary["ok"] is True
