@@ -47,7 +47,14 @@ class Fault:
         if self.kind == "kill":
             assert self.target is not None
             return f"kill -9 {self.target.split('-')[0]}"
-        return self.kind
+        return _LABELS[self.kind]
+
+
+_LABELS: dict[FaultKind, str] = {
+    "broker-restart": "RabbitMQ stop_app/start_app",
+    "database-restart": "PostgreSQL restart",
+    "429-burst": f"{BURST_S:g} s of 429",
+}
 
 
 @dataclass(frozen=True)

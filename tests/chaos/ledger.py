@@ -145,6 +145,7 @@ class Ledger:
     routes: dict[Route, RouteTally] = field(default_factory=dict)
     inbound: InboundTally = field(default_factory=InboundTally)
     faults: dict[str, int] = field(default_factory=dict)
+    failure_rate: float = 0.0  # the providers' steady share of 5xx (SMTP 451), all run long
     per_kill: list[int] = field(default_factory=list)  # crash-window repeats each kill explains
     findings: list[Finding] = field(default_factory=list)
     stray_keys: int = 0  # provider calls for keys the run never created

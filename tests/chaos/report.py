@@ -96,7 +96,8 @@ def _fault_lines(ledger: Ledger) -> list[str]:
     timing = ledger.timing
     after = timing.after_last_fault_s
     return [
-        f"faults: {faults}",
+        f"faults: {faults}; all along, {ledger.failure_rate:.0%} of provider calls answered "
+        "5xx (SMTP 451)",
         f"last fault ended at +{timing.last_fault_s:.1f} s; every item terminal at "
         f"+{_seconds(timing.terminal_s)[:-2]} s: {_seconds(after)} after the last fault "
         f"(target ≤ {TARGET_AFTER_LAST_FAULT_S:.0f} s); run {timing.duration_s:.0f} s",
@@ -150,6 +151,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "routes": {route: asdict(tally) for route, tally in ledger.routes.items()},
         "inbound": asdict(ledger.inbound),
         "faults": ledger.faults,
+        "providerFailureRate": ledger.failure_rate,
         "cpuS": ledger.cpu_s,
         "secretsInLogs": ledger.leaks.leaking_lines,
         "logLinesChecked": ledger.leaks.lines,

@@ -255,7 +255,7 @@ def _fill(ledger: Ledger, plan: Plan, phase: Phase, side: ProviderSide, rows: Ro
     ledger.timing.terminal_s = None if phase.terminal is None else phase.terminal - phase.started
     ledger.timing.duration_s = time.time() - phase.started
     ledger.faults = phase.runner.counts()
-    ledger.faults[f"provider 5xx {plan.failure_rate:.0%}"] = 1
+    ledger.failure_rate = plan.failure_rate
     tally_items(ledger, rows.items, side.accepted, side.calls, phase.runner.kills)
     submitted = phase.submitter.result
     ledger.inbound = inbound_tally(phase.inbound, submitted, rows)
