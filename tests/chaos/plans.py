@@ -29,7 +29,7 @@ class Plan:
     retry_delays_ms: tuple[int, ...] = (250, 1000, 3000)
     email_api_rate: float = 200.0  # the email API's limit (mock) and relaybox's global rate
     meta_rate: float = 200.0
-    watch_s: float = 240.0  # how long after the last fault to wait for every item
+    watch_s: float = 180.0  # how long after the last fault to wait for every item (3x target)
 
     @property
     def restarts_servers(self) -> bool:

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import aio_pika
 import asyncpg
 import httpx
 
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.settings import BrokerSettings
 from tests.chaos.ledger import Acceptance, Finding, InboundTally, Item, Route
 from tests.chaos.workload import InboundPlan, Submitted
 
@@ -24,7 +27,8 @@ SELECT
       AND status NOT IN ('SENT', 'DELIVERED', 'READ', 'FAILED')) AS meta_open,
   (SELECT count(*) FROM mailing_recipients WHERE status = 'PENDING') AS recipients_open,
   (SELECT count(*) FROM mailings WHERE status IN ('PARSING', 'RUNNING')) AS mailings_open,
-  (SELECT count(*) FROM messages WHERE direction = 'inbound') AS inbound
+  (SELECT count(*) FROM messages WHERE direction = 'inbound') AS inbound,
+  (SELECT count(*) FROM outbox) AS outbox
 """
 ROW_STATE = "SELECT id, status, attempts, last_error FROM {table} {where}"
 TOKEN = re.compile(r"\[\[([A-Za-z0-9_-]+)\]\]")
@@ -40,6 +44,18 @@ async def outstanding(dsn: str) -> dict[str, int]:
         await conn.close()
     assert row is not None
     return {key: int(value) for key, value in row.items()}
+
+
+async def queued(broker: BrokerSettings) -> int:
+    """Messages waiting in the run's queues (work, retry tiers, dead letters)."""
+    total = 0
+    connection = await aio_pika.connect(broker.url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for name in Topology.from_settings(broker).all_queues():
+            queue = await channel.declare_queue(name, passive=True)
+            total += queue.declaration_result.message_count or 0
+    return total
 
 
 def all_terminal(counts: dict[str, int], expected_emails: int, expected_inbound: int) -> bool:

@@ -35,6 +35,7 @@ from tests.chaos.records import (
     all_terminal,
     inbound_tally,
     outstanding,
+    queued,
     read_provider_side,
     read_rows,
     token_findings,
@@ -242,11 +243,27 @@ async def _phase(
         last_fault = max((r.ended for r in runner.records), default=time.time())
         log.warning("load and faults done; waiting for every item to be terminal")
         terminal, seen = await wait_terminal(setup, last_fault + plan.watch_s)
+        if terminal is None:
+            seen["queued"] = await queued(setup.broker)
     finally:
         for helper in helpers:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
     return Phase(submitter, runner, inbound, t0, last_fault, terminal, seen, pacer.failures)
+
+
+def _stalled(seen: dict[str, int]) -> str:
+    """What the run found when it gave up waiting: where the unfinished items stand."""
+    left = {k: v for k, v in seen.items() if k.endswith("_open") and v}
+    story = f"at the deadline {left} were not finished"
+    if not seen.get("outbox") and not seen.get("queued"):
+        story += (
+            ", with no message left for them (outbox and queues empty): they wait for the "
+            "sweeper, which re-enqueues a PENDING row after RELAYBOX_STALE_PENDING_S (900 s)"
+        )
+    else:
+        story += f", with {seen.get('outbox')} outbox rows and {seen.get('queued')} queued messages"
+    return story
 
 
 def _fill(ledger: Ledger, plan: Plan, phase: Phase, side: ProviderSide, rows: Rows) -> None:
@@ -263,7 +280,7 @@ def _fill(ledger: Ledger, plan: Plan, phase: Phase, side: ProviderSide, rows: Ro
     ledger.stray_keys = sum(1 for key in side.calls if key not in known)
     ledger.problems += submitted.errors[:5] + phase.failures[:5]
     if phase.terminal is None:
-        ledger.problems.append(f"at the deadline the database still counted {phase.outstanding}")
+        ledger.problems.append(_stalled(phase.outstanding))
     if side.unkeyed_calls:
         ledger.problems.append(f"{side.unkeyed_calls} provider calls carried no item key")
     ledger.findings += token_findings(side.tokens, rows.token_hashes)
