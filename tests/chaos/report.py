@@ -94,13 +94,19 @@ def _inbound_lines(inbound: InboundTally) -> list[str]:
 def _fault_lines(ledger: Ledger) -> list[str]:
     faults = ", ".join(f"{name} x{count}" for name, count in ledger.faults.items())
     timing = ledger.timing
-    after = timing.after_last_fault_s
+    target = f"(target ≤ {TARGET_AFTER_LAST_FAULT_S:.0f} s)"
+    if timing.terminal_s is None:
+        finished = f"not every item terminal when the run stopped waiting {target}"
+    else:
+        finished = (
+            f"every item terminal at +{timing.terminal_s:.1f} s: "
+            f"{_seconds(timing.after_last_fault_s)} after the last fault {target}"
+        )
     return [
         f"faults: {faults}; all along, {ledger.failure_rate:.0%} of provider calls answered "
         "5xx (SMTP 451)",
-        f"last fault ended at +{timing.last_fault_s:.1f} s; every item terminal at "
-        f"+{_seconds(timing.terminal_s)[:-2]} s: {_seconds(after)} after the last fault "
-        f"(target ≤ {TARGET_AFTER_LAST_FAULT_S:.0f} s); run {timing.duration_s:.0f} s",
+        f"last fault ended at +{timing.last_fault_s:.1f} s; {finished}; "
+        f"run {timing.duration_s:.0f} s",
         f"crash-window repeats per consumer kill: {ledger.per_kill or '-'} "
         f"(bound: prefetch {ledger.prefetch}; a kill from {IN_FLIGHT_S:g} s before to "
         f"{ledger.crash_window_s:g} s after the accepted call)",
