@@ -32,8 +32,10 @@ migrate: install ## create the database if missing and apply the migrations
 seed: install ## load demo conversations through mock-meta's signed webhooks (needs `make run`)
 	$(RUN) python -m relaybox.mock_meta.seed
 
-token: install ## print a dev bearer token (all scopes)
-	@$(RUN) python -m relaybox.api token --sub dev
+SUB ?= dev
+TENANT ?=
+token: install ## print a dev bearer token (all scopes; SUB=alice TENANT=acme for another caller)
+	@$(RUN) python -m relaybox.api token --sub $(SUB) $(if $(TENANT),--tenant $(TENANT))
 
 run: preflight migrate ## start api, publisher, consumer and mock-meta (honcho), print URLs and a token
 	@echo ""

@@ -85,7 +85,7 @@ async def test_send_writes_email_and_outbox_row_and_answers_202(
         email = (
             await conn.execute(
                 text(
-                    "SELECT client_id, to_address, from_address, subject, text_body, html_body, "
+                    "SELECT tenant_id, to_address, from_address, subject, text_body, html_body, "
                     "status, attempts FROM emails WHERE id = :id"
                 ),
                 {"id": email_id},

@@ -30,7 +30,7 @@ async def make_mailing(engine: AsyncEngine, recipients: int, status: str = "RUNN
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO mailings (id, client_id, status, subject, body_template, file_sha256,"
+                "INSERT INTO mailings (id, tenant_id, status, subject, body_template, file_sha256,"
                 " file_bytes) VALUES (:id, 'c', :status, 'Complete your registration', :body,"
                 " 'x', 1)"
             ),

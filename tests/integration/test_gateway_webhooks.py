@@ -131,6 +131,7 @@ async def app_client(
 
 def with_meta(settings: ApiSettings, **meta: Any) -> ApiSettings:
     meta.setdefault("webhook_secret", WEBHOOK_SECRET)
+    meta.setdefault("tenant", "test-client")
     return settings.model_copy(update={"meta": MetaGatewaySettings(**meta)})
 
 

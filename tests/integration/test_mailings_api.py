@@ -154,7 +154,7 @@ async def parsed(
                 email_id = email_ids[r.email] = uuid.uuid4()
                 await conn.execute(
                     text(
-                        "INSERT INTO emails (id, client_id, to_address, from_address, subject, "
+                        "INSERT INTO emails (id, tenant_id, to_address, from_address, subject, "
                         "text_body, status, last_error, sent_at, failed_at) VALUES (:id, :c, :to, "
                         "'relaybox@localhost', 'Complete your registration', 'token abc', "
                         "CAST(:s AS varchar), :err, CASE WHEN CAST(:s AS varchar) = 'SENT' "
@@ -236,7 +236,7 @@ async def test_upload_stores_the_file_in_chunks_with_one_outbox_row(
         row = (
             await conn.execute(
                 text(
-                    "SELECT client_id, status, subject, body_template, file_name, file_sha256, "
+                    "SELECT tenant_id, status, subject, body_template, file_name, file_sha256, "
                     "file_bytes FROM mailings WHERE id = :id"
                 ),
                 {"id": mailing_id},
@@ -696,7 +696,8 @@ async def test_other_clients_mailings_are_not_found(
     api_settings: ApiSettings, engine: AsyncEngine, client: httpx.AsyncClient
 ) -> None:
     mailing_id = await new_mailing(client)
-    async with api(api_settings, engine, issue_token(api_settings, "someone-else")) as other:
+    another_tenant = issue_token(api_settings, "someone-else", ("mailing:read", "mailing:send"))
+    async with api(api_settings, engine, another_tenant) as other:
         assert (await other.get("/mailings")).json()["data"] == []
         for path in ("", "/entries", "/errors"):
             assert_problem(await other.get(f"/mailings/{mailing_id}{path}"), 404, None)

@@ -13,10 +13,16 @@ PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
 
 
 class AuthSettings(BaseModel):
-    """Bearer JWT (HS256)."""
+    """Bearer JWT (HS256), and which claim names the caller's tenant."""
 
     jwt_secret: str = PLACEHOLDER_SECRET
     token_ttl_s: int = Field(default=86_400, gt=0, description="lifetime of tokens made by `token`")
+    tenant_claim: str = Field(
+        default="sub",
+        min_length=1,
+        description="the claim naming the tenant that owns the caller's rows (`sub`: each "
+        "subject is its own tenant; e.g. `org` for users sharing an organisation's rows)",
+    )
 
 
 class RateLimitSettings(BaseModel):
@@ -52,6 +58,13 @@ class MetaGatewaySettings(BaseModel):
     )
     verify_token: str = Field(
         default=DEV_VERIFY_TOKEN, min_length=1, description="hub.verify_token of the handshake"
+    )
+    tenant: str = Field(
+        default="dev",
+        min_length=1,
+        max_length=255,
+        description="the tenant that owns the gateway's provider account: inbound messages land "
+        "in its inbox, and only it (or an admin) sends through the account",
     )
 
     @field_validator("webhook_secret")

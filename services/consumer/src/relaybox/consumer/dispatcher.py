@@ -38,7 +38,7 @@ IN_FLIGHT = text(
 )
 CANDIDATES = text(
     """
-    SELECT m.id AS mailing_id, m.client_id, m.subject, m.body_template, p.id, p.email
+    SELECT m.id AS mailing_id, m.tenant_id, m.subject, m.body_template, p.id, p.email
     FROM (SELECT * FROM mailings WHERE status = 'RUNNING' ORDER BY updated_at, id
           FOR SHARE SKIP LOCKED) AS m
     CROSS JOIN LATERAL (
@@ -58,8 +58,8 @@ QUEUE_RECIPIENT = text(
 )
 INSERT_EMAIL = text(
     """
-    INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body)
-    VALUES (:id, :client_id, :to, :from_, :subject, :body)
+    INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body)
+    VALUES (:id, :tenant_id, :to, :from_, :subject, :body)
     """
 )
 TOUCH_MAILINGS = text("UPDATE mailings SET updated_at = clock_timestamp() WHERE id = ANY(:ids)")
@@ -141,7 +141,7 @@ class Dispatcher:
             INSERT_EMAIL,
             {
                 "id": email_id,
-                "client_id": row.client_id,
+                "tenant_id": row.tenant_id,
                 "to": row.email,
                 "from_": self.default_from,
                 "subject": row.subject,

@@ -50,9 +50,8 @@ class EmailController(Controller):
             str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
         ] = None,
     ) -> Response[Accepted]:
-        client: Client = request.user
         stored = await email_intake.accept(
-            client_id=client.id,
+            client=request.user,
             request=data,
             key=validate_key(idempotency_key),
             correlation_id=request_id_var.get(),
@@ -66,6 +65,7 @@ class EmailController(Controller):
     )
     async def logs(
         self,
+        request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
         clock: NamedDependency[Any],
@@ -86,10 +86,13 @@ class EmailController(Controller):
             cursor=cursor,
         )
         now: datetime = clock()
-        return await service.email_log(db_session, query, zone=zone, now=now)
+        return await service.email_log(db_session, request.user, query, zone=zone, now=now)
 
     @get("/emails/{email_id:uuid}", opt=requires("email:read"), summary="One email")
     async def get_one(
-        self, db_session: NamedDependency[AsyncSession], email_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        email_id: FromPath[uuid.UUID],
     ) -> EmailDetail:
-        return await service.get_email(db_session, email_id)
+        return await service.get_email(db_session, request.user, email_id)

@@ -13,6 +13,7 @@ import msgspec
 from sqlalchemy import Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from relaybox.api.auth import Client, owned_by
 from relaybox.api.emails.schemas import (
     Accepted,
     EmailDetail,
@@ -58,8 +59,8 @@ WITH lock AS (
     WHERE k.created_at <= now() - make_interval(hours => $17::int)
     RETURNING 1
 ), email AS (
-    INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body, html_body)
-    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text
+    INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body, html_body)
+    SELECT $1::uuid, $18::text, $3::text, $4::text, $5::text, $6::text, $7::text
     FROM lock WHERE lock.locked AND ($13::text IS NULL OR EXISTS (SELECT FROM claim))
     ON CONFLICT (id) DO NOTHING  -- a repeat after a lost connection whose first run committed
     RETURNING id, created_at
@@ -88,12 +89,13 @@ class EmailIntake:
     async def accept(
         self,
         *,
-        client_id: str,
+        client: Client,
         request: SendEmailRequest,
         key: str | None,
         correlation_id: str | None,
     ) -> StoredResponse:
-        """Accept one validated request of `client_id` (see `accept_email`)."""
+        """Accept one validated request of `client`, for its tenant (see `accept_email`)."""
+        client_id = client.id
         idempotency = None
         if key is not None:
             fingerprint = request_hash(request.model_dump(by_alias=True))
@@ -103,6 +105,7 @@ class EmailIntake:
         return await accept_email(
             self.engine,
             client_id=client_id,
+            tenant=client.tenant,
             request=request,
             default_from=self.default_from,
             idempotency=idempotency,
@@ -117,14 +120,15 @@ async def accept_email(
     engine: AsyncEngine,
     *,
     client_id: str,
+    tenant: str,
     request: SendEmailRequest,
     default_from: str,
     idempotency: Idempotency | None,
     correlation_id: str | None,
 ) -> StoredResponse:
-    """Write the PENDING email, its outbox row and (with a key) the stored answer in one
-    transaction, or replay the answer stored under the key (422 for another body, 409 while
-    the first request with the key still runs).
+    """Write the PENDING email of `tenant`, its outbox row and (with a key, stored under the
+    client's id) the stored answer in one transaction, or replay the answer stored under the
+    key (422 for another body, 409 while the first request with the key still runs).
 
     Safe to repeat after a lost connection (`run_on_driver`): a repeat writes under the same
     email id, so if the first run committed, the repeat writes nothing and answers with it.
@@ -149,6 +153,7 @@ async def accept_email(
         key and key.key,
         key and key.fingerprint,
         key and key.ttl_h,
+        tenant,
     )
 
     async def accept(conn: asyncpg.Connection, repeated: bool) -> StoredResponse:
@@ -216,8 +221,8 @@ def today_bounds(now: datetime, zone: ZoneInfo) -> tuple[date, datetime, datetim
     return local_day, start, datetime.combine(local_day + timedelta(days=1), time.min, zone)
 
 
-def _filtered(query: LogQuery) -> Select[Any]:
-    stmt = select(Email)
+def _filtered(query: LogQuery, client: Client) -> Select[Any]:
+    stmt = select(Email).where(owned_by(Email.tenant_id, client))
     if query.status:
         stmt = stmt.where(Email.status == query.status)
     if query.since:
@@ -243,10 +248,11 @@ def _item(row: Email) -> EmailLogItem:
 
 
 async def email_log(
-    session: AsyncSession, query: LogQuery, *, zone: ZoneInfo, now: datetime
+    session: AsyncSession, client: Client, query: LogQuery, *, zone: ZoneInfo, now: datetime
 ) -> EmailLogPage:
-    """Newest first; keyset paging when a cursor is given, else page/limit."""
-    stmt = _filtered(query).order_by(Email.created_at.desc(), Email.id.desc())
+    """The caller's tenant's emails (every tenant's for an admin), newest first; keyset paging
+    when a cursor is given, else page/limit."""
+    stmt = _filtered(query, client).order_by(Email.created_at.desc(), Email.id.desc())
     if query.cursor:
         after_ts, after_id = decode_cursor(query.cursor)
         stmt = stmt.where(tuple_(Email.created_at, Email.id) < tuple_(after_ts, after_id))
@@ -255,19 +261,24 @@ async def email_log(
     rows = list((await session.scalars(stmt.limit(query.limit + 1))).all())
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    total = await session.scalar(select(func.count()).select_from(_filtered(query).subquery()))
+    total = await session.scalar(
+        select(func.count()).select_from(_filtered(query, client).subquery())
+    )
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     return EmailLogPage(
         data=[_item(r) for r in rows],
         meta=PageMeta(
             page=query.page, limit=query.limit, total=total or 0, next_cursor=next_cursor
         ),
-        stats=Stats(today=await today_stats(session, zone=zone, now=now)),
+        stats=Stats(today=await today_stats(session, client, zone=zone, now=now)),
     )
 
 
-async def today_stats(session: AsyncSession, *, zone: ZoneInfo, now: datetime) -> TodayStats:
-    """Counts of the emails created today (in `zone`) by outcome."""
+async def today_stats(
+    session: AsyncSession, client: Client, *, zone: ZoneInfo, now: datetime
+) -> TodayStats:
+    """Counts of the caller's tenant's emails (every tenant's for an admin) created today (in
+    `zone`), by outcome."""
     day, start, end = today_bounds(now, zone)
     pending = or_(Email.status == "PENDING", Email.status == "SENDING")
     row = (
@@ -277,7 +288,13 @@ async def today_stats(session: AsyncSession, *, zone: ZoneInfo, now: datetime) -
                 func.count().filter(Email.status == "SENT"),
                 func.count().filter(Email.status == "FAILED"),
                 func.count().filter(pending),
-            ).where(and_(Email.created_at >= start, Email.created_at < end))
+            ).where(
+                and_(
+                    Email.created_at >= start,
+                    Email.created_at < end,
+                    owned_by(Email.tenant_id, client),
+                )
+            )
         )
     ).one()
     return TodayStats(
@@ -290,8 +307,11 @@ async def today_stats(session: AsyncSession, *, zone: ZoneInfo, now: datetime) -
     )
 
 
-async def get_email(session: AsyncSession, email_id: uuid.UUID) -> EmailDetail:
-    row = await session.get(Email, email_id)
+async def get_email(session: AsyncSession, client: Client, email_id: uuid.UUID) -> EmailDetail:
+    """One email of the caller's tenant; another tenant's is not found."""
+    row = await session.scalar(
+        select(Email).where(Email.id == email_id, owned_by(Email.tenant_id, client))
+    )
     if row is None:
         raise NotFoundError(f"no email with id {email_id}")
     item = _item(row)

@@ -83,7 +83,7 @@ class MailingController(Controller):
             )
             stored = await service.create_mailing(
                 db_session,
-                client_id=client.id,
+                client=client,
                 upload=checked,
                 settings=settings.mailings,
                 idempotency=idem,
@@ -108,9 +108,7 @@ class MailingController(Controller):
         status: Annotated[MailingStatus | None, QueryParameter()] = None,
     ) -> MailingPage:
         query = service.MailingQuery(page=page, limit=limit, status=status, cursor=cursor)
-        return await service.list_mailings(
-            db_session, request.user.id, query, _view(settings, clock)
-        )
+        return await service.list_mailings(db_session, request.user, query, _view(settings, clock))
 
     @get("/{mailing_id:uuid}", opt=READ, summary="One mailing with its progress")
     async def get_one(
@@ -122,7 +120,7 @@ class MailingController(Controller):
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
         return await service.get_mailing(
-            db_session, request.user.id, mailing_id, _view(settings, clock)
+            db_session, request.user, mailing_id, _view(settings, clock)
         )
 
     @get(
@@ -140,7 +138,7 @@ class MailingController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingEntryPage:
         return await service.list_entries(
-            db_session, request.user.id, mailing_id, status=status, cursor=cursor, limit=limit
+            db_session, request.user, mailing_id, status=status, cursor=cursor, limit=limit
         )
 
     @get(
@@ -157,7 +155,7 @@ class MailingController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingErrorPage:
         return await service.list_errors(
-            db_session, request.user.id, mailing_id, cursor=cursor, limit=limit
+            db_session, request.user, mailing_id, cursor=cursor, limit=limit
         )
 
     @post(
@@ -174,7 +172,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.pause(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await service.pause(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/resume",
@@ -190,7 +188,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.resume(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await service.resume(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/cancel",
@@ -208,7 +206,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.cancel(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await service.cancel(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/retry-failed",
@@ -227,7 +225,7 @@ class MailingController(Controller):
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
         return await service.retry_failed(
-            db_session, request.user.id, mailing_id, _view(settings, clock)
+            db_session, request.user, mailing_id, _view(settings, clock)
         )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relaybox.api.auth import Client, owned_by
 from relaybox.api.errors import ApiError, ConflictError, NotFoundError
 from relaybox.api.idempotency import Idempotency, StoredResponse, lock_key
 from relaybox.api.mailings.schemas import (
@@ -171,7 +172,7 @@ async def _detail(session: AsyncSession, row: Mailing, view: View) -> MailingDet
 async def create_mailing(
     session: AsyncSession,
     *,
-    client_id: str,
+    client: Client,
     upload: CheckedUpload,
     settings: MailingSettings,
     idempotency: Idempotency | None,
@@ -179,10 +180,10 @@ async def create_mailing(
     view: View,
 ) -> StoredResponse:
     """Store the mailing (PARSING), its file in chunks and its `mailing.parse` outbox row in one
-    transaction: 202. The same file with the same subject and body from the same client within
+    transaction: 202. The same file with the same subject and body from the same tenant within
     `reupload_window_s` answers that mailing as it is now (200) and writes nothing.
 
-    The re-upload check runs under a transaction-level advisory lock on (client, sha256), so two
+    The re-upload check runs under a transaction-level advisory lock on (tenant, sha256), so two
     concurrent uploads of one file make one mailing: the second waits and then finds the first.
     """
     async with session.begin():
@@ -190,13 +191,13 @@ async def create_mailing(
             return stored
         await session.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": lock_key(client_id, REUPLOAD_LOCK_SCOPE, upload.sha256)},
+            {"k": lock_key(client.tenant, REUPLOAD_LOCK_SCOPE, upload.sha256)},
         )
-        existing = await _recent_upload(session, client_id, upload, settings.reupload_window_s)
+        existing = await _recent_upload(session, client, upload, settings.reupload_window_s)
         if existing is not None:
             response = StoredResponse(200, _to_json(await _detail(session, existing, view)))
         else:
-            mailing = await _store(session, client_id, upload, settings.chunk_bytes)
+            mailing = await _store(session, client, upload, settings.chunk_bytes)
             await enqueue(
                 session,
                 routing_key=MAILING_PARSE,
@@ -210,16 +211,16 @@ async def create_mailing(
 
 
 async def _recent_upload(
-    session: AsyncSession, client_id: str, upload: CheckedUpload, window_s: int
+    session: AsyncSession, client: Client, upload: CheckedUpload, window_s: int
 ) -> Mailing | None:
-    """The client's newest mailing of this file, subject and body within the window (one that
+    """The tenant's newest mailing of this file, subject and body within the window (one that
     was cancelled or failed does not count: uploading again is how to start over)."""
     if window_s <= 0:
         return None
     return await session.scalar(
         select(Mailing)
         .where(
-            Mailing.client_id == client_id,
+            Mailing.tenant_id == client.tenant,
             Mailing.file_sha256 == upload.sha256,
             Mailing.created_at > func.now() - timedelta(seconds=window_s),
             Mailing.subject == upload.subject,
@@ -232,14 +233,14 @@ async def _recent_upload(
 
 
 async def _store(
-    session: AsyncSession, client_id: str, upload: CheckedUpload, chunk_bytes: int
+    session: AsyncSession, client: Client, upload: CheckedUpload, chunk_bytes: int
 ) -> Mailing:
     """The mailing row, then the file as `mailing_chunks` rows 0..n, one chunk in memory."""
     mailing: Mailing | None = await session.scalar(
         insert(Mailing)
         .values(
             id=uuid.uuid4(),
-            client_id=client_id,
+            tenant_id=client.tenant,
             status="PARSING",
             subject=upload.subject,
             body_template=upload.body,
@@ -266,10 +267,11 @@ def _not_found(mailing_id: uuid.UUID) -> NotFoundError:
     return NotFoundError(f"no mailing with id {mailing_id}")
 
 
-async def _owned(session: AsyncSession, client_id: str, mailing_id: uuid.UUID) -> Mailing:
-    """The client's mailing; another client's is as unknown as a missing one (404)."""
+async def _owned(session: AsyncSession, client: Client, mailing_id: uuid.UUID) -> Mailing:
+    """The caller's tenant's mailing (any, for an admin); another tenant's is as unknown as a
+    missing one (404)."""
     row = await session.scalar(
-        select(Mailing).where(Mailing.id == mailing_id, Mailing.client_id == client_id)
+        select(Mailing).where(Mailing.id == mailing_id, owned_by(Mailing.tenant_id, client))
     )
     if row is None:
         raise _not_found(mailing_id)
@@ -277,9 +279,9 @@ async def _owned(session: AsyncSession, client_id: str, mailing_id: uuid.UUID) -
 
 
 async def get_mailing(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, view: View
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, view: View
 ) -> MailingDetail:
-    return await _detail(session, await _owned(session, client_id, mailing_id), view)
+    return await _detail(session, await _owned(session, client, mailing_id), view)
 
 
 @dataclass(frozen=True)
@@ -290,18 +292,18 @@ class MailingQuery:
     cursor: str | None
 
 
-def _listed(client_id: str, query: MailingQuery) -> Select[Any]:
-    stmt = select(Mailing).where(Mailing.client_id == client_id)
+def _listed(client: Client, query: MailingQuery) -> Select[Any]:
+    stmt = select(Mailing).where(owned_by(Mailing.tenant_id, client))
     if query.status:
         stmt = stmt.where(Mailing.status == query.status)
     return stmt
 
 
 async def list_mailings(
-    session: AsyncSession, client_id: str, query: MailingQuery, view: View
+    session: AsyncSession, client: Client, query: MailingQuery, view: View
 ) -> MailingPage:
     """The client's mailings, newest first: keyset paging with a cursor, else page/limit."""
-    stmt = _listed(client_id, query).order_by(Mailing.created_at.desc(), Mailing.id.desc())
+    stmt = _listed(client, query).order_by(Mailing.created_at.desc(), Mailing.id.desc())
     if query.cursor:
         after_ts, after_id = decode_cursor(query.cursor)
         stmt = stmt.where(tuple_(Mailing.created_at, Mailing.id) < tuple_(after_ts, after_id))
@@ -311,7 +313,7 @@ async def list_mailings(
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     total = await session.scalar(
-        select(func.count()).select_from(_listed(client_id, query).subquery())
+        select(func.count()).select_from(_listed(client, query).subquery())
     )
     found = await deliveries(session, [r.id for r in rows])
     return MailingPage(
@@ -345,7 +347,7 @@ def decode_position(cursor: str) -> int:
 
 async def list_entries(
     session: AsyncSession,
-    client_id: str,
+    client: Client,
     mailing_id: uuid.UUID,
     *,
     status: str | None,
@@ -353,7 +355,7 @@ async def list_entries(
     limit: int,
 ) -> MailingEntryPage:
     """Recipients in file order (keyset on the recipient id) with their delivery state."""
-    await _owned(session, client_id, mailing_id)
+    await _owned(session, client, mailing_id)
     stmt = (
         select(
             _r.id,
@@ -395,10 +397,10 @@ async def list_entries(
 
 
 async def list_errors(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, *, cursor: str | None, limit: int
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> MailingErrorPage:
     """The file's invalid rows in file order (keyset on the row number)."""
-    await _owned(session, client_id, mailing_id)
+    await _owned(session, client, mailing_id)
     stmt = (
         select(MailingError)
         .where(MailingError.mailing_id == mailing_id)
@@ -426,7 +428,7 @@ async def list_errors(
 
 async def _claim(
     session: AsyncSession,
-    client_id: str,
+    client: Client,
     mailing_id: uuid.UUID,
     *,
     allowed: tuple[str, ...],
@@ -434,12 +436,12 @@ async def _claim(
     values: dict[str, Any],
 ) -> Mailing:
     """One guarded UPDATE: the mailing moves only from an allowed status (it holds the row lock
-    for the rest of the transaction); 404 unknown (or another client's), 409 otherwise."""
+    for the rest of the transaction); 404 unknown (or another tenant's), 409 otherwise."""
     row = await session.scalar(
         update(Mailing)
         .where(
             Mailing.id == mailing_id,
-            Mailing.client_id == client_id,
+            owned_by(Mailing.tenant_id, client),
             Mailing.status.in_(allowed),
         )
         .values(updated_at=func.now(), **values)
@@ -449,7 +451,7 @@ async def _claim(
     if row is not None:
         return row
     status = await session.scalar(
-        select(Mailing.status).where(Mailing.id == mailing_id, Mailing.client_id == client_id)
+        select(Mailing.status).where(Mailing.id == mailing_id, owned_by(Mailing.tenant_id, client))
     )
     if status is None:
         raise _not_found(mailing_id)
@@ -461,13 +463,13 @@ async def _claim(
 
 
 async def pause(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, view: View
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, view: View
 ) -> MailingDetail:
     """PARSING or RUNNING → PAUSED: the dispatcher sends nothing more until resumed."""
     async with session.begin():
         row = await _claim(
             session,
-            client_id,
+            client,
             mailing_id,
             allowed=("PARSING", "RUNNING"),
             action="paused",
@@ -477,7 +479,7 @@ async def pause(
 
 
 async def resume(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, view: View
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, view: View
 ) -> MailingDetail:
     """PAUSED → RUNNING, or back to PARSING if it was paused before its parse finished (the
     parser writes `rows_total` when it ends): the dispatcher must never see a half-parsed list."""
@@ -485,7 +487,7 @@ async def resume(
     async with session.begin():
         row = await _claim(
             session,
-            client_id,
+            client,
             mailing_id,
             allowed=("PAUSED",),
             action="resumed",
@@ -500,7 +502,7 @@ async def resume(
 
 
 async def cancel(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, view: View
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, view: View
 ) -> MailingDetail:
     """PARSING, RUNNING or PAUSED → CANCELLED, in one transaction with its effects: recipients
     not yet dispatched are CANCELLED, and so are dispatched ones whose email is still PENDING —
@@ -509,7 +511,7 @@ async def cancel(
     async with session.begin():
         row = await _claim(
             session,
-            client_id,
+            client,
             mailing_id,
             allowed=("PARSING", "RUNNING", "PAUSED"),
             action="cancelled",
@@ -537,7 +539,7 @@ async def cancel(
 
 
 async def retry_failed(
-    session: AsyncSession, client_id: str, mailing_id: uuid.UUID, view: View
+    session: AsyncSession, client: Client, mailing_id: uuid.UUID, view: View
 ) -> MailingDetail:
     """Recipients whose email FAILED go back to PENDING (no email, no token) for the dispatcher
     to send again; a COMPLETED mailing with such recipients is RUNNING again. 409 when the
@@ -545,7 +547,7 @@ async def retry_failed(
     async with session.begin():
         row = await _claim(
             session,
-            client_id,
+            client,
             mailing_id,
             allowed=("PARSING", "RUNNING", "PAUSED", "COMPLETED"),
             action="retried",

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,6 +47,12 @@ class MessageController(Controller):
         ] = None,
     ) -> Response[MessageDetail]:
         client: Client = request.user
+        gateway_tenant = settings.meta.tenant
+        if client.tenant != gateway_tenant and not client.admin:
+            raise PermissionDeniedException(
+                detail="this tenant has no Meta-like provider account to send from "
+                "(the gateway's account belongs to RELAYBOX_META__TENANT)"
+            )
         key = validate_key(idempotency_key)
         idem = (
             Idempotency(
@@ -59,15 +66,22 @@ class MessageController(Controller):
             else None
         )
         stored = await service.send_message(
-            db_session, request=data, idempotency=idem, correlation_id=request_id_var.get()
+            db_session,
+            tenant=gateway_tenant,
+            request=data,
+            idempotency=idem,
+            correlation_id=request_id_var.get(),
         )
         return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
 
     @get("/{message_id:uuid}", opt=requires("meta:read"), summary="One message")
     async def get_one(
-        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[uuid.UUID],
     ) -> MessageDetail:
-        return await service.get_message(db_session, message_id)
+        return await service.get_message(db_session, request.user, message_id)
 
     @post(
         "/{message_id:uuid}/retry",
@@ -78,8 +92,11 @@ class MessageController(Controller):
         "in one transaction; 409 when it is not FAILED.",
     )
     async def retry(
-        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[uuid.UUID],
     ) -> MessageDetail:
         return await service.retry_message(
-            db_session, message_id, correlation_id=request_id_var.get()
+            db_session, request.user, message_id, correlation_id=request_id_var.get()
         )

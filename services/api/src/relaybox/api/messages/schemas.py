@@ -66,7 +66,7 @@ class SendMessageRequest(BaseModel):
 
 class MessageDetail(msgspec.Struct, rename="camel"):
     """One message; `to` is the conversation's participant, `retryCount` the sends after the
-    first one."""
+    first one (a provider's 429 included, though a 429 does not use up the retry budget)."""
 
     id: uuid.UUID
     conversation_id: uuid.UUID

@@ -50,7 +50,7 @@ class EmailHandler(SendingHandler):
     def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in payload.items() if k != "token"}
 
-    async def send(self, row: dict[str, Any]) -> str:
+    async def send(self, row: dict[str, Any]) -> str | None:
         text_body, html_body = row["text_body"], row["html_body"]
         token = _token.get()
         if token is None and TOKEN_PLACEHOLDER in f"{text_body}{html_body}":

@@ -35,12 +35,13 @@ class MetaHandler(SendingHandler):
         super().__init__(engine, topology, settings, limiter)
         self.provider = provider
 
-    async def send(self, row: dict[str, Any]) -> str:
+    async def send(self, row: dict[str, Any]) -> str | None:
         chat = OutgoingChat(
             id=str(row["id"]), channel=row["channel"], to=row["participant_id"], text=row["text"]
         )
         return await self.provider.send(chat)
 
-    async def after_sent(self, conn: AsyncConnection, row_id: Any, provider_id: str) -> None:
+    async def after_sent(self, conn: AsyncConnection, row_id: Any, provider_id: str | None) -> None:
         # Status webhooks can arrive before SENT is recorded; apply the ones that waited.
-        await apply_status_events(conn, provider_id)
+        if provider_id is not None:
+            await apply_status_events(conn, provider_id)
