@@ -197,7 +197,10 @@ class SendingHandler(ABC):
                         lambda c: self.table.renew(c, row_id, attempts, lease_s)
                     )
                 )
-        except (asyncio.CancelledError, LimiterClosedError):
+        except asyncio.CancelledError:  # the drain's grace ran out: the worker requeues it
+            await self.in_statement(lambda c: self.table.unclaim(c, row_id, attempts))
+            raise
+        except LimiterClosedError:
             await self.in_statement(lambda c: self.table.unclaim(c, row_id, attempts))
             raise GiveBackError("the consumer is stopping") from None
         return True
