@@ -1,4 +1,5 @@
-"""schemathesis hooks of the fuzz runs: webhooks signed as the provider signs them.
+"""schemathesis hooks of the fuzz runs: webhooks signed as the provider signs them, and the few
+failures no schema can prevent.
 
 Loaded by `schemathesis run` through `SCHEMATHESIS_HOOKS=tests.fuzz.hooks` (make fuzz) and
 imported by the pytest smoke. The webhook secret comes from `RELAYBOX_FUZZ_WEBHOOK_SECRET`
@@ -8,17 +9,35 @@ A generated `X-Hub-Signature-256` that has the documented shape (`sha256=` and 6
 is replaced by the real HMAC of the body as sent, so the webhook's own validation is reached;
 one without that shape, or no header at all (the negative cases), is sent as generated and must
 be refused.
+
+`filter_failure` drops a "schema-valid request rejected" (positive_data_acceptance) failure only
+where validity depends on something a JSON Schema cannot state, each named by the problem's
+`field` or `detail`:
+- `cursor` (400): an opaque keyset cursor is valid only if the API issued it;
+- `file` of POST /mailings (400, 415): a CSV's content (an `email` column, text not binary);
+- 422 for an `Idempotency-Key` reused with another body: the key's earlier use is server state.
+Every other check, and every other status of these operations, still counts.
+
+It also drops a "schema-violating request accepted" (negative_data_rejection) failure whose only
+negated part is the body when that body, as sent, is valid against the operation's schema:
+schemathesis's generator negates one branch of an `anyOf`/`not` and takes the result as invalid
+though another branch accepts it (the API accepting a valid body is right).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
 
 import requests
 import schemathesis
-from schemathesis import Case, HookContext
+from schemathesis import Case, HookContext, Response
+from schemathesis.core.failures import AcceptedNegativeData, Failure
+from schemathesis.core.jsonschema import make_validator
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.openapi.checks import RejectedPositiveData
 
 from relaybox.api.settings import DEV_WEBHOOK_SECRET
 from relaybox.common.signing import SIGNATURE_HEADER, sign
@@ -56,3 +75,49 @@ def before_call(context: HookContext, case: Case[Any], kwargs: dict[str, Any]) -
     """Sign a webhook call whose generated signature has the documented shape."""
     if _should_sign(case):
         kwargs["auth"] = SignBody(os.environ.get(SECRET_ENV, DEV_WEBHOOK_SECRET))
+
+
+def _problem(response: Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def state_or_content_decides(case: Case[Any], response: Response) -> bool:
+    """A rejection that no request schema could have prevented (see the module doc)."""
+    problem = _problem(response)
+    field, status = problem.get("field"), response.status_code
+    if status == 400 and field == "cursor":
+        return True
+    if case.method.upper() == "POST" and case.path == "/mailings" and field == "file":
+        return status in (400, 415)
+    return status == 422 and "Idempotency-Key" in str(problem.get("detail", ""))
+
+
+def valid_body_taken_for_invalid(case: Case[Any]) -> bool:
+    """The case's only negated part is its body, and that body is valid after all."""
+    meta = case.meta
+    if meta is None or case.media_type is None:
+        return False
+    negated = {loc for loc, info in meta.components.items() if info.mode.is_negative}
+    if negated != {ParameterLocation.BODY}:
+        return False
+    alternative = case.operation.get_body_for_media_type(case.media_type)
+    if alternative is None:
+        return False
+    validator_cls = case.operation.schema.adapter.jsonschema_validator_cls  # type: ignore[attr-defined]
+    return bool(make_validator(alternative.optimized_schema, validator_cls).is_valid(case.body))
+
+
+@schemathesis.hook
+def filter_failure(
+    context: HookContext, failure: Failure, case: Case[Any], response: Response
+) -> bool:
+    """Keep every failure but those the module doc names."""
+    if isinstance(failure, RejectedPositiveData):
+        return not state_or_content_decides(case, response)
+    if isinstance(failure, AcceptedNegativeData):
+        return not valid_body_taken_for_invalid(case)
+    return True

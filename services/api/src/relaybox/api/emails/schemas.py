@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from relaybox.api.fields import NO_NUL, SINGLE_LINE
@@ -23,10 +23,29 @@ def _given(*names: str) -> dict[str, Any]:
     return {"required": list(names), "properties": {name: {"type": "string"} for name in names}}
 
 
-# At least one of `text` (or its alias `body`) and `html` not null; `text` and `body` not both.
+# At least one of `text` (or its alias `body`) and `html` not null (said as "not all of them
+# null or absent"); `text` and `body` not both.
 _SEND_RULES: dict[str, Any] = {
-    "anyOf": [_given(name) for name in BODY_FIELDS],
-    "not": _given("text", "body"),
+    "allOf": [
+        {"not": {"properties": {name: {"type": "null"} for name in BODY_FIELDS}}},
+        {"not": _given("text", "body")},
+    ]
+}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+# What email-validator accepts beyond JSON Schema's `email` format: a dot in the domain, and no
+# special-use domain (RFC 6761) at its end.
+_ADDRESS: dict[str, Any] = {
+    "format": "email",
+    "pattern": "^[^@]+@[^@]+[.][^@.]+$",
+    "not": {
+        "type": "string",
+        "pattern": "[@.](" + "|".join(_any_case(n) for n in SPECIAL_USE_DOMAIN_NAMES) + ")$",
+    },
 }
 
 
@@ -60,7 +79,7 @@ class SendEmailRequest(BaseModel):
     )
 
     to: str = Field(
-        max_length=MAX_ADDRESS, examples=["user@example.com"], json_schema_extra={"format": "email"}
+        max_length=MAX_ADDRESS, examples=["user@example.com"], json_schema_extra=_ADDRESS
     )
     subject: str = Field(min_length=1, max_length=255, json_schema_extra=SINGLE_LINE.schema())
     text: str | None = _body_field("the plain-text body")
@@ -71,7 +90,7 @@ class SendEmailRequest(BaseModel):
         alias="from",
         max_length=MAX_ADDRESS,
         description="the sender; the configured default when absent",
-        json_schema_extra={"format": "email"},
+        json_schema_extra=_ADDRESS,
     )
 
     @field_validator("to", "from_")

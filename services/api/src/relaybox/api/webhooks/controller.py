@@ -12,7 +12,13 @@ from litestar.enums import MediaType
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Parameter, RequestBody, Schema
 from litestar.params import HeaderParameter, QueryParameter
 
-from relaybox.api.openapi import PUBLIC, READS_BODY, PublicOperation, model_schema, problems
+from relaybox.api.openapi import (
+    PUBLIC,
+    READS_BODY,
+    PublicOperation,
+    model_schema,
+    problems,
+)
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks import service
 from relaybox.api.webhooks.schemas import InboundMessageEvent, StatusEvent, WebhookAck
