@@ -58,7 +58,8 @@ def api_env(database_url: str, port: int) -> dict[str, str]:
     env.update(
         {
             "RELAYBOX_DATABASE__URL": database_url,
-            "RELAYBOX_DATABASE__POOL_SIZE": "5",
+            "RELAYBOX_DATABASE__POOL_SIZE": "4",
+            "RELAYBOX_DATABASE__MAX_OVERFLOW": "2",
             "RELAYBOX_API__HOST": "127.0.0.1",
             "RELAYBOX_API__PORT": str(port),
             "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,

@@ -107,7 +107,7 @@ def valid_body_taken_for_invalid(case: Case[Any]) -> bool:
     alternative = case.operation.get_body_for_media_type(case.media_type)
     if alternative is None:
         return False
-    validator_cls = case.operation.schema.adapter.jsonschema_validator_cls  # type: ignore[attr-defined]
+    validator_cls = case.operation.schema.adapter.jsonschema_validator_cls
     return bool(make_validator(alternative.optimized_schema, validator_cls).is_valid(case.body))
 
 
