@@ -1,5 +1,5 @@
 """The OpenAPI document as a contract: each operation's problem-details answers, `security: []`
-on public routes, and request schemas as strict as the validation.
+on public routes, request schemas as strict as the validation (and each path's OPTIONS Allow).
 
 One place decides what a route can answer, from what the route is (`answers`):
 
