@@ -1,9 +1,9 @@
 """schemathesis hooks of the fuzz runs: webhooks signed as the provider signs them, and the few
 failures no schema can prevent.
 
-Loaded by `schemathesis run` through `SCHEMATHESIS_HOOKS=tests.fuzz.hooks` (make fuzz) and
-imported by the pytest smoke. The webhook secret comes from `RELAYBOX_FUZZ_WEBHOOK_SECRET`
-(else the development default, which `make fuzz` runs the API with).
+Loaded by `schemathesis run` through `SCHEMATHESIS_HOOKS=tests.fuzz.hooks` (`python -m
+tests.fuzz`: make fuzz and the pytest smoke). The webhook secret comes from
+`RELAYBOX_FUZZ_WEBHOOK_SECRET` (else the development default).
 
 A generated `X-Hub-Signature-256` that has the documented shape (`sha256=` and 64 hex digits)
 is replaced by the real HMAC of the body as sent, so the webhook's own validation is reached;
@@ -18,17 +18,17 @@ where validity depends on something a JSON Schema cannot state, each named by th
 - 422 for an `Idempotency-Key` reused with another body: the key's earlier use is server state.
 Every other check, and every other status of these operations, still counts.
 
+It also drops a "schema-violating request accepted" (negative_data_rejection) failure whose only
+negated part is the body when that body, as sent, is valid against the operation's schema:
+schemathesis's generator negates one branch of an `anyOf`/`not` and takes the result as invalid
+though another branch accepts it (the API accepting a valid body is right).
+
 `map_body` turns half of the generated mailing files into small CSV lists of addresses (the rest
 stay as generated, binary included), so the fuzzer also reaches what lies past the file check
 (202 and 200 answers, idempotency, the mailing's own routes).
 
 `RELAYBOX_FUZZ_FILTER_LOG=<file>` appends one line per dropped failure (the reason, the operation
 and the status), for counting what the filters took.
-
-It also drops a "schema-violating request accepted" (negative_data_rejection) failure whose only
-negated part is the body when that body, as sent, is valid against the operation's schema:
-schemathesis's generator negates one branch of an `anyOf`/`not` and takes the result as invalid
-though another branch accepts it (the API accepting a valid body is right).
 """
 
 from __future__ import annotations
