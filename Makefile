@@ -12,7 +12,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token test test-fast chaos bench bench-smoke lint fmt typecheck up down
+.PHONY: help install uv migrate preflight run seed token test test-fast chaos fuzz bench bench-smoke lint fmt typecheck up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ test-fast: install ## unit tests only
 
 chaos: install ## crash tests plus the long kill-and-restart soak
 	RELAYBOX_CHAOS_SOAK=1 $(RUN) pytest -q -m chaos tests/chaos --timeout 900
+
+FUZZ_EXAMPLES ?= 200
+fuzz: install ## schemathesis --checks all against a live API on a fresh database (FUZZ_EXAMPLES per operation)
+	$(RUN) python -m tests.fuzz --max-examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)
 
 bench: install ## benchmarks (ratios against raw baselines, same script)
 	$(RUN) python -m bench

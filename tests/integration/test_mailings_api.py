@@ -365,6 +365,27 @@ async def test_missing_file_part_is_400(client: httpx.AsyncClient, engine: Async
     assert await stored(engine) == (0, 0, 0)
 
 
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00"
+
+
+async def test_binary_file_with_null_subject_and_body_is_a_4xx(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Found by the fuzzer: a PNG `file` sent as a plain form field (no filename), with `subject`
+    and `body` of "null", answered 500 (Litestar's form parser raised UnicodeDecodeError)."""
+    form = {"subject": (None, "null"), "body": (None, "null")}
+    plain_field = await client.post("/mailings", files={"file": (None, PNG), **form})
+    assert_problem(plain_field, 400, None)
+    as_a_file = await client.post("/mailings", files={"file": ("file.png", PNG), **form})
+    assert_problem(as_a_file, 400, "body")  # "null" holds no {token}
+    assert_problem(await client.post("/mailings", files={"file": ("f.png", PNG)}), 415, "file")
+    binary_subject = await client.post(  # (before the file: Litestar would leave it open)
+        "/mailings", files={"subject": (None, PNG), "file": ("list.csv", b"email\na@x.com\n")}
+    )
+    assert_problem(binary_subject, 400, None)
+    assert await stored(engine) == (0, 0, 0)
+
+
 async def test_file_over_max_file_bytes_is_413_with_nothing_stored(
     api_settings: ApiSettings, engine: AsyncEngine, token: str
 ) -> None:

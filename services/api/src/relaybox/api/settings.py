@@ -124,6 +124,9 @@ class ApiSettings(ServiceSettings, WebhookRetention):
     tracing: TracingSettings = TracingSettings()
     idempotency_ttl_h: int = Field(default=24, ge=1)
     email_from: str = Field(default="relaybox@localhost", description="default From address")
+    max_body_bytes: int = Field(
+        default=MIB, ge=1024, description="largest request body outside uploads (413 beyond)"
+    )
     meta: MetaGatewaySettings = MetaGatewaySettings()
     mailings: MailingSettings = MailingSettings()
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
@@ -22,9 +22,20 @@ from relaybox.api.emails.schemas import (
     EmailStatus,
     SendEmailRequest,
 )
-from relaybox.api.idempotency import HEADER, validate_key
+from relaybox.api.idempotency import IdempotencyKey, validate_key
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
+
+
+def _bound(name: str, description: str) -> Any:
+    """A `from`/`to` filter: a date (a whole day in the configured timezone) or a date-time
+    (checked by `service.parse_bound`)."""
+    return QueryParameter(
+        name=name,
+        description=f"{description}: a date (YYYY-MM-DD, in the configured timezone) or a "
+        "date-time",
+        schema_extra={"anyOf": [{"format": "date"}, {"format": "date-time"}]},
+    )
 
 
 class EmailController(Controller):
@@ -38,7 +49,6 @@ class EmailController(Controller):
         summary="Queue an email",
         description="Writes the email (PENDING) and its outbox row in one transaction. "
         "Honours Idempotency-Key.",
-        responses={},
         opt=requires("email:send", rate_limited=True),
     )
     async def send(
@@ -46,9 +56,7 @@ class EmailController(Controller):
         request: Request[Client, Any, State],
         data: JSONBody[SendEmailRequest],
         email_intake: NamedDependency[service.EmailIntake],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Accepted]:
         stored = await email_intake.accept(
             client=request.user,
@@ -73,8 +81,8 @@ class EmailController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         status: Annotated[EmailStatus | None, QueryParameter()] = None,
-        since: Annotated[str | None, QueryParameter(name="from")] = None,  # parse_bound checks
-        until: Annotated[str | None, QueryParameter(name="to")] = None,
+        since: Annotated[str | None, _bound("from", "from this instant or day on")] = None,
+        until: Annotated[str | None, _bound("to", "before this instant, or up to this day")] = None,
     ) -> EmailLogPage:
         zone = ZoneInfo(settings.timezone)
         query = service.LogQuery(

@@ -9,13 +9,16 @@ from litestar import Controller, Request, Response, Router, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body, FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
-from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.errors import ApiError, to_problem
+from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
 from relaybox.api.mailings import service, upload
 from relaybox.api.mailings.schemas import (
+    UPLOAD_FORM_SCHEMA,
     EntryStatus,
     MailingDetail,
     MailingEntryPage,
@@ -24,12 +27,22 @@ from relaybox.api.mailings.schemas import (
     MailingStatus,
     MailingUpload,
 )
+from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
 READ = requires("mailing:read")
 SEND = requires("mailing:send")
 FORM_OVERHEAD_BYTES = 1024 * 1024  # the form around the file: part headers, subject, body
+
+
+def _text_part_not_utf8(request: Request[Any, Any, Any], _: UnicodeDecodeError) -> Response[Any]:
+    """Litestar decodes a form part without a filename as UTF-8 text and lets the error escape:
+    that is bad input (a binary `file` sent as a plain field), a 400, not a 500."""
+    problem = ApiError(
+        "a text part of the form is not valid UTF-8; send the CSV as a file part (with a filename)"
+    )
+    return to_problem(problem).to_response(request)
 
 
 def _view(settings: ApiSettings, clock: Any) -> service.View:
@@ -53,18 +66,23 @@ class MailingController(Controller):
         "transaction (202); parsing and sending happen in the background. The same file, "
         "subject and body again within the re-upload window answers that mailing (200). "
         "Honours Idempotency-Key.",
-        responses={},
+        responses={
+            200: ResponseSpec(MailingDetail, description="The same upload again: that mailing"),
+            **problems(415),
+        },
+        exception_handlers={UnicodeDecodeError: _text_part_not_utf8},
     )
     async def create(
         self,
         request: Request[Client, Any, State],
-        data: Annotated[MailingUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[
+            MailingUpload,
+            Body(media_type=RequestEncodingType.MULTI_PART, schema_extra=UPLOAD_FORM_SCHEMA),
+        ],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
         clock: NamedDependency[Any],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[MailingDetail]:
         client: Client = request.user
         try:
@@ -162,6 +180,7 @@ class MailingController(Controller):
         "/{mailing_id:uuid}/pause",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Pause: PARSING or RUNNING → PAUSED (409 otherwise)",
     )
     async def pause(
@@ -178,6 +197,7 @@ class MailingController(Controller):
         "/{mailing_id:uuid}/resume",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Resume: PAUSED → RUNNING, or PARSING if paused before its parse ended",
     )
     async def resume(
@@ -194,6 +214,7 @@ class MailingController(Controller):
         "/{mailing_id:uuid}/cancel",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Cancel: PARSING, RUNNING or PAUSED → CANCELLED (409 otherwise)",
         description="Recipients not sent yet are CANCELLED and their queued emails FAILED "
         "('mailing cancelled'), in the same transaction.",
@@ -212,6 +233,7 @@ class MailingController(Controller):
         "/{mailing_id:uuid}/retry-failed",
         opt=requires("mailing:send", rate_limited=True),
         status_code=200,
+        responses=problems(409),
         summary="Send the failed recipients again",
         description="Recipients whose email FAILED are PENDING again; a COMPLETED mailing is "
         "RUNNING again. 409 for a CANCELLED or FAILED mailing.",

@@ -24,12 +24,11 @@ from typing import Any
 from litestar.datastructures import UploadFile
 
 from relaybox.api.errors import ApiError
-from relaybox.api.mailings.schemas import MailingUpload
+from relaybox.api.fields import SINGLE_LINE
+from relaybox.api.mailings.schemas import MAX_BODY, MAX_SUBJECT, MailingUpload
 from relaybox.api.settings import TOKEN_PLACEHOLDER, MailingSettings
 
 SNIFF_BYTES = 64 * 1024
-MAX_SUBJECT = 255
-MAX_BODY = 10_000
 MAX_FILE_NAME = 255
 EMAIL_COLUMN = "email"
 _UTF8_BOM = codecs.BOM_UTF8
@@ -101,10 +100,8 @@ async def inspect(form: MailingUpload, settings: MailingSettings) -> CheckedUplo
 def check_subject(value: str) -> str:
     if len(value) > MAX_SUBJECT:
         raise ApiError(f"subject must be at most {MAX_SUBJECT} characters", field="subject")
-    if not value.strip():
-        raise ApiError("subject must not be blank", field="subject")
-    if _CONTROL.intersection(value):
-        raise ApiError("subject must be a single line without control characters", field="subject")
+    if not SINGLE_LINE.matches(value):
+        raise ApiError(f"subject {SINGLE_LINE.message}", field="subject")
     return value
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
-from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
 from relaybox.api.messages import service
 from relaybox.api.messages.schemas import MessageDetail, SendMessageRequest
+from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
@@ -34,7 +36,7 @@ class MessageController(Controller):
         description="Writes the message (PENDING), its conversation and its outbox row in one "
         "transaction (202). The same `clientMessageId` on the same channel again answers the "
         "stored message as it is now (200) and sends nothing. Honours Idempotency-Key.",
-        responses={},
+        responses={200: ResponseSpec(MessageDetail, description="Sent before: the stored message")},
     )
     async def send(
         self,
@@ -42,9 +44,7 @@ class MessageController(Controller):
         data: JSONBody[SendMessageRequest],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[MessageDetail]:
         client: Client = request.user
         gateway_tenant = settings.meta.tenant
@@ -90,6 +90,7 @@ class MessageController(Controller):
         summary="Send a FAILED message again",
         description="Sets a FAILED outbound message back to PENDING (attempts 0) and enqueues it "
         "in one transaction; 409 when it is not FAILED.",
+        responses=problems(409),
     )
     async def retry(
         self,
