@@ -48,8 +48,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.transport.serialization import Binary
 
-from relaybox.api.settings import DEV_WEBHOOK_SECRET
-from relaybox.common.signing import SIGNATURE_HEADER, sign
+from relaybox.common.signing import DEV_WEBHOOK_SECRET, SIGNATURE_HEADER, sign
 
 SECRET_ENV = "RELAYBOX_FUZZ_WEBHOOK_SECRET"
 FILTER_LOG_ENV = "RELAYBOX_FUZZ_FILTER_LOG"

@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.faults import FaultSettings
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
-from relaybox.common.providers.email_api import EmailApiProvider, EmailApiSettings
-from relaybox.common.providers.http import MAX_RETRY_AFTER_S
-from relaybox.common.providers.meta import MetaProvider, MetaProviderSettings, OutgoingChat
-from relaybox.common.providers.smtp import SmtpProvider, message_id_for
-from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
+from relaybox.consumer.providers.email_api import EmailApiProvider, EmailApiSettings
+from relaybox.consumer.providers.http import MAX_RETRY_AFTER_S
+from relaybox.consumer.providers.meta import MetaProvider, MetaProviderSettings, OutgoingChat
+from relaybox.consumer.providers.smtp import SmtpProvider, SmtpSettings, message_id_for
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,

@@ -24,12 +24,12 @@ from relaybox.api.auth import (
     issue_token,
 )
 from relaybox.api.settings import (
-    DEV_WEBHOOK_SECRET,
     PLACEHOLDER_SECRET,
     ApiSettings,
     AuthSettings,
     MetaGatewaySettings,
 )
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 from tests.integration.conftest import SECRET
 
 BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi"}

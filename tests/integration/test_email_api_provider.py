@@ -12,9 +12,9 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
-from relaybox.common.providers.email_api import EmailApiProvider, EmailApiSettings
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
+from relaybox.consumer.providers.email_api import EmailApiProvider, EmailApiSettings
 from relaybox.mock_meta.app import create_app as create_mock
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings
 from relaybox.mock_meta.smtp_sink import SmtpSink

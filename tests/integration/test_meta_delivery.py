@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.api.app import create_app
 from relaybox.api.settings import ApiSettings
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.providers.meta import MetaProviderSettings
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.integration.conftest import WEBHOOK_SECRET
 from tests.support.pipeline import (

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.session import create_engine, dispose
-from relaybox.common.ratelimit import (
+from relaybox.common.settings import DatabaseSettings
+from relaybox.consumer.ratelimit import (
     WARM_UP_S,
     WARM_UP_SAFETY,
     DatabaseClock,
@@ -23,7 +24,6 @@ from relaybox.common.ratelimit import (
     RateLimiter,
     Slot,
 )
-from relaybox.common.settings import DatabaseSettings
 
 EPSILON = 0.005
 

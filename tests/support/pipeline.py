@@ -13,11 +13,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.meta import MetaProvider
-from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import MetaHandler
 from relaybox.consumer.mailings.handler import MailingParseHandler
+from relaybox.consumer.providers.meta import MetaProvider
+from relaybox.consumer.providers.smtp import SmtpSettings
 from relaybox.consumer.service import email_limiter, email_provider, meta_limiter
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.worker import Handler, Worker

@@ -16,8 +16,9 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import InstrumentedAttribute
 
-from relaybox.api.settings import DEV_WEBHOOK_SECRET, PLACEHOLDER_SECRET, ApiSettings
+from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
 from relaybox.common.errors import RelayboxError
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
 ADMIN_SCOPE = "admin"

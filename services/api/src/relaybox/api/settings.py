@@ -6,7 +6,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 from relaybox.common.settings import HttpServerSettings, ServiceSettings, WebhookRetention
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 # Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
 PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
@@ -42,7 +44,6 @@ class TracingSettings(BaseModel):
 
 
 # The mock-meta service signs its webhooks with the same development default.
-DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105
 DEV_VERIFY_TOKEN = "dev-mock-meta-verify-token"  # noqa: S105
 
 
@@ -85,7 +86,6 @@ class MetaGatewaySettings(BaseModel):
 MIB = 1024 * 1024
 DEFAULT_MAILING_SUBJECT = "Complete your registration"
 DEFAULT_MAILING_BODY = "Thank you for signing up. Please verify your token {token} to continue."
-TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 (the template placeholder, not a secret)
 
 
 class MailingSettings(BaseModel):

@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.delivery import IN_FLIGHT_SQL
 from relaybox.common.messaging.topology import EMAIL_SEND
 from relaybox.common.outbox import enqueue
 
@@ -31,10 +32,10 @@ DISPATCH_LOCK = 0x6D61696C  # "mail"
 TOKEN_BYTES = 32  # 256 bits
 
 IN_FLIGHT = text(
-    """
+    f"""
     SELECT count(*) FROM mailing_recipients r JOIN emails e ON e.id = r.email_id
-    WHERE r.status = 'QUEUED' AND e.status IN ('PENDING', 'SENDING')
-    """
+    WHERE r.status = 'QUEUED' AND e.status IN {IN_FLIGHT_SQL}
+    """  # noqa: S608 - constants of the code
 )
 CANDIDATES = text(
     """
@@ -64,15 +65,15 @@ INSERT_EMAIL = text(
 )
 TOUCH_MAILINGS = text("UPDATE mailings SET updated_at = clock_timestamp() WHERE id = ANY(:ids)")
 COMPLETE = text(
-    """
+    f"""
     UPDATE mailings m SET status = 'COMPLETED', finished_at = now(), updated_at = now()
     WHERE m.status = 'RUNNING' AND NOT EXISTS (
         SELECT 1 FROM mailing_recipients r LEFT JOIN emails e ON e.id = r.email_id
         WHERE r.mailing_id = m.id
-          AND (r.status = 'PENDING' OR (r.status = 'QUEUED' AND e.status IN ('PENDING', 'SENDING')))
+          AND (r.status = 'PENDING' OR (r.status = 'QUEUED' AND e.status IN {IN_FLIGHT_SQL}))
     )
     RETURNING m.id::text
-    """
+    """  # noqa: S608 - constants of the code
 )
 
 

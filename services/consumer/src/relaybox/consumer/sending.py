@@ -24,11 +24,11 @@ from relaybox.common.db.session import connection, run_on_driver
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
-from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
-from relaybox.common.ratelimit import LimiterClosedError, RateLimiter, Slot
 from relaybox.consumer import metrics
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.errors import GiveBackError, PoisonMessageError, SendNotRecordedError
+from relaybox.consumer.providers.base import PermanentError, RateLimitedError, RetryableError
+from relaybox.consumer.ratelimit import LimiterClosedError, RateLimiter, Slot
 from relaybox.consumer.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)

@@ -16,15 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
-from relaybox.common.providers.base import EmailProvider
-from relaybox.common.providers.email_api import EmailApiProvider
-from relaybox.common.providers.meta import MetaProvider
-from relaybox.common.providers.smtp import SmtpProvider
-from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.dispatcher import Dispatcher
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.mailings.handler import MailingParseHandler
+from relaybox.consumer.providers.base import EmailProvider
+from relaybox.consumer.providers.email_api import EmailApiProvider
+from relaybox.consumer.providers.meta import MetaProvider
+from relaybox.consumer.providers.smtp import SmtpProvider
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.sweeper import Sweeper, SweptRoute
 from relaybox.consumer.worker import Handler, Worker

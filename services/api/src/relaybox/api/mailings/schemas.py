@@ -12,7 +12,7 @@ import msgspec
 from litestar.datastructures import UploadFile
 
 from relaybox.api.fields import SINGLE_LINE
-from relaybox.api.settings import TOKEN_PLACEHOLDER
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 
 MAX_SUBJECT = 255
 MAX_BODY = 10_000

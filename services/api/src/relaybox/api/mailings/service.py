@@ -17,12 +17,14 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Select,
     and_,
     case,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -50,6 +52,8 @@ from relaybox.api.mailings.upload import CheckedUpload, chunks
 from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.api.settings import MailingSettings
 from relaybox.common.db.models import Email, Mailing, MailingChunk, MailingError, MailingRecipient
+from relaybox.common.delivery import IN_FLIGHT
+from relaybox.common.mailings.rules import UNPARSED_SQL
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue, trace_headers
 
@@ -65,7 +69,7 @@ DELIVERY_FILTERS: dict[str, ColumnElement[bool]] = {
     "CANCELLED": _r.status == "CANCELLED",
     "SENT": and_(_live, _e.status == "SENT"),
     "FAILED": and_(_live, _e.status == "FAILED"),
-    "PENDING": and_(_live, or_(_e.status.is_(None), _e.status.in_(("PENDING", "SENDING")))),
+    "PENDING": and_(_live, or_(_e.status.is_(None), _e.status.in_(IN_FLIGHT))),
 }
 DELIVERY_ORDER = ("PENDING", "SENT", "FAILED", "CANCELLED")  # the fields of `Delivery`
 DELIVERY_STATUS = case(
@@ -483,7 +487,7 @@ async def resume(
 ) -> MailingDetail:
     """PAUSED → RUNNING, or back to PARSING if it was paused before its parse finished (the
     parser writes `rows_total` when it ends): the dispatcher must never see a half-parsed list."""
-    parsed = Mailing.rows_total > 0
+    parsed = ~literal_column(UNPARSED_SQL, Boolean())  # a PAUSED mailing: rows_total > 0
     async with session.begin():
         row = await _claim(
             session,

@@ -19,7 +19,7 @@ from relaybox.common.db.models import Message
 from relaybox.common.messaging.topology import META_SEND
 from relaybox.common.outbox import enqueue, trace_headers
 
-IDEMPOTENCY_SCOPE = "meta.send"
+IDEMPOTENCY_SCOPE = META_SEND  # Idempotency-Keys of POST /messages/send
 
 
 def _to_json(detail: MessageDetail) -> dict[str, Any]:

@@ -8,15 +8,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
-from relaybox.common.providers.base import EmailProvider, OutgoingEmail
-from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.dispatcher import new_token, token_hash
+from relaybox.consumer.providers.base import EmailProvider, OutgoingEmail
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
 
-TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 - the template placeholder, not a secret
 _token: ContextVar[str | None] = ContextVar("mailing_token", default=None)
 
 

@@ -8,13 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relaybox.common.messaging.topology import META_SEND, Topology
 from relaybox.common.meta_status import apply_status_events
-from relaybox.common.providers.meta import MetaProvider, OutgoingChat
-from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
+from relaybox.consumer.providers.meta import MetaProvider, OutgoingChat
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
 
-META_LIMIT_KEY = "meta.send"
+META_LIMIT_KEY = META_SEND  # the global limit of the Meta-like API, named after its route
 
 
 class MetaHandler(SendingHandler):

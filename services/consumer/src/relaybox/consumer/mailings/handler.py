@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from relaybox.common.db.errors import transient_database_error
+from relaybox.common.mailings.rules import UNPARSED_SQL, unparsed
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.consumer.errors import PoisonMessageError
 from relaybox.consumer.mailings.ingest import MailingParseSettings, ParseResult, ingest
@@ -27,16 +28,11 @@ ROWS = Counter(
 )
 STATE = text("SELECT status, rows_total FROM mailings WHERE id = :id")
 GIVE_UP = text(
-    """
+    f"""
     UPDATE mailings SET status = 'FAILED', error = :error, finished_at = now(), updated_at = now()
-    WHERE id = :id AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
-    """
+    WHERE id = :id AND {UNPARSED_SQL}
+    """  # noqa: S608 - constants of the code
 )
-
-
-def unparsed(status: str, rows_total: int) -> bool:
-    """PARSING, or PAUSED before its parse ended (a parsed file has at least one data row)."""
-    return status == "PARSING" or (status == "PAUSED" and rows_total == 0)
 
 
 class MailingParseHandler:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from relaybox.common.providers.base import (
+from relaybox.consumer.providers.base import (
     PermanentError,
     ProviderError,
     RateLimitedError,

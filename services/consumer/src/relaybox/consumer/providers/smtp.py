@@ -10,9 +10,24 @@ import time
 from email.message import EmailMessage
 
 import aiosmtplib
+from pydantic import BaseModel, Field
 
-from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
-from relaybox.common.settings import SmtpSettings
+from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
+
+
+class SmtpSettings(BaseModel):
+    """An SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False
+    start_tls: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+    pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept open and reused")
+    idle_s: float = Field(default=30.0, gt=0, description="reopen a session idle this long")
+
 
 MESSAGE_ID_DOMAIN = "relaybox"
 SMTP_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)

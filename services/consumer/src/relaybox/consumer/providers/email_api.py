@@ -17,8 +17,8 @@ import httpx
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, SecretStr
 
-from relaybox.common.providers.base import OutgoingEmail, ProviderError, RetryableError
-from relaybox.common.providers.http import accepted, body_json, error_text, provider_id, refusal
+from relaybox.consumer.providers.base import OutgoingEmail, ProviderError, RetryableError
+from relaybox.consumer.providers.http import accepted, body_json, error_text, provider_id, refusal
 
 log = logging.getLogger(__name__)
 DEFAULT_TOKEN_TTL_S = 1800.0

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import httpx
 from pydantic import BaseModel, Field
 
-from relaybox.common.providers.base import RetryableError
-from relaybox.common.providers.http import (
+from relaybox.consumer.providers.base import RetryableError
+from relaybox.consumer.providers.http import (
     accepted,
     body_json,
     provider_id,
