@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
-from relaybox.api.emails import service as email_service
+from relaybox.api.emails import log as email_log
 from relaybox.api.settings import ApiSettings, RateLimitSettings
 from relaybox.common.db.session import dispose
 from relaybox.common.settings import DatabaseSettings
@@ -91,7 +91,7 @@ async def test_an_unhandled_exception_is_one_logged_500_with_request_id_method_a
     async def broken(*_: object) -> None:
         raise RuntimeError("a bug (secret: hunter2)")
 
-    monkeypatch.setattr(email_service, "get_email", broken)
+    monkeypatch.setattr(email_log, "get_email", broken)
     with caplog.at_level(logging.INFO):
         failed = await client.get(
             "/emails/6f1c1c1e-58b4-4a43-9b44-3d0e6f3c6a01", headers={"X-Request-ID": "bug-1"}

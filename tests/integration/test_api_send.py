@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
-from relaybox.api.emails.service import IDEMPOTENCY_SCOPE
+from relaybox.api.emails.accept import IDEMPOTENCY_SCOPE
 from relaybox.api.idempotency import lock_key
 from relaybox.api.settings import ApiSettings, RateLimitSettings
 

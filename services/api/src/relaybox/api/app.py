@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import check_secret, jwt_auth
 from relaybox.api.conversations.controller import ConversationController
+from relaybox.api.emails.accept import EmailIntake
 from relaybox.api.emails.controller import EmailController
-from relaybox.api.emails.service import EmailIntake
 from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
 from relaybox.api.health import health, metrics, ready
 from relaybox.api.mailings.controller import mailings_router

@@ -49,6 +49,11 @@ class NotFoundError(ApiError):
     status_code = 404
     title = "Not Found"
 
+    @classmethod
+    def of(cls, kind: str, row_id: object) -> NotFoundError:
+        """`no <kind> with id <id>`: also what another tenant's row reads as."""
+        return cls(f"no {kind} with id {row_id}")
+
 
 class ConflictError(ApiError):
     status_code = 409

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 from litestar.params import HeaderParameter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,8 +48,16 @@ _FIND_SQL_DRIVER = (  # the same with the driver's placeholders
 
 @dataclass(frozen=True)
 class StoredResponse:
+    """An answer as it is stored (and replayed) under an Idempotency-Key: its status and body."""
+
     status_code: int
     body: dict[str, Any]
+
+    @classmethod
+    def of(cls, status_code: int, answer: msgspec.Struct) -> StoredResponse:
+        """`answer` encoded as every other response is (camelCase, ISO timestamps)."""
+        body: dict[str, Any] = msgspec.to_builtins(answer)
+        return cls(status_code, body)
 
 
 def request_hash(body: Any) -> str:

@@ -127,10 +127,6 @@ async def list_conversations(
     )
 
 
-def _not_found(conversation_id: uuid.UUID) -> NotFoundError:
-    return NotFoundError(f"no conversation with id {conversation_id}")
-
-
 async def get_conversation(
     session: AsyncSession, client: Client, conversation_id: uuid.UUID, *, page: int, limit: int
 ) -> ConversationDetail:
@@ -141,7 +137,7 @@ async def get_conversation(
         )
     )
     if row is None:
-        raise _not_found(conversation_id)
+        raise NotFoundError.of("conversation", conversation_id)
     in_thread = Message.conversation_id == conversation_id
     messages = (
         await session.scalars(
@@ -175,7 +171,7 @@ async def _change(
             .execution_options(populate_existing=True)
         )
         if row is None:
-            raise _not_found(conversation_id)
+            raise NotFoundError.of("conversation", conversation_id)
     return conversation_item(row)
 
 

@@ -1,4 +1,4 @@
-"""Email endpoints: thin handlers that validate and call the email service."""
+"""Email endpoints: thin handlers that validate and call the accept path and the log."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
-from relaybox.api.emails import service
+from relaybox.api.emails import accept, log
+from relaybox.api.emails.query import LogQuery, parse_bound
 from relaybox.api.emails.schemas import (
     Accepted,
     EmailDetail,
@@ -29,7 +30,7 @@ from relaybox.common.observability.logging import request_id_var
 
 def _bound(name: str, description: str) -> Any:
     """A `from`/`to` filter: a date (a whole day in the configured timezone) or a date-time
-    (checked by `service.parse_bound`)."""
+    (checked by `query.parse_bound`)."""
     return QueryParameter(
         name=name,
         description=f"{description}: a date (YYYY-MM-DD, in the configured timezone) or a "
@@ -55,7 +56,7 @@ class EmailController(Controller):
         self,
         request: Request[Client, Any, State],
         data: JSONBody[SendEmailRequest],
-        email_intake: NamedDependency[service.EmailIntake],
+        email_intake: NamedDependency[accept.EmailIntake],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Accepted]:
         stored = await email_intake.accept(
@@ -85,16 +86,16 @@ class EmailController(Controller):
         until: Annotated[str | None, _bound("to", "before this instant, or up to this day")] = None,
     ) -> EmailLogPage:
         zone = ZoneInfo(settings.timezone)
-        query = service.LogQuery(
+        wanted = LogQuery(
             page=page,
             limit=limit,
             status=status,
-            since=service.parse_bound(since, "from", zone, end=False),
-            until=service.parse_bound(until, "to", zone, end=True),
+            since=parse_bound(since, "from", zone, end=False),
+            until=parse_bound(until, "to", zone, end=True),
             cursor=cursor,
         )
         now: datetime = clock()
-        return await service.email_log(db_session, request.user, query, zone=zone, now=now)
+        return await log.email_log(db_session, request.user, wanted, zone=zone, now=now)
 
     @get("/emails/{email_id:uuid}", opt=requires("email:read"), summary="One email")
     async def get_one(
@@ -103,4 +104,4 @@ class EmailController(Controller):
         db_session: NamedDependency[AsyncSession],
         email_id: FromPath[uuid.UUID],
     ) -> EmailDetail:
-        return await service.get_email(db_session, request.user, email_id)
+        return await log.get_email(db_session, request.user, email_id)

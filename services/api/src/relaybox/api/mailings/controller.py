@@ -1,4 +1,4 @@
-"""Mailing endpoints: thin handlers that validate and call the mailing service."""
+"""Mailing endpoints: thin handlers that validate and call create, reads and controls."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaybox.api.auth import Client, requires
 from relaybox.api.errors import ApiError, to_problem
 from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
-from relaybox.api.mailings import service, upload
+from relaybox.api.mailings import controls, create, reads, upload
 from relaybox.api.mailings.schemas import (
     UPLOAD_FORM_SCHEMA,
     EntryStatus,
@@ -45,8 +45,8 @@ def _text_part_not_utf8(request: Request[Any, Any, Any], _: UnicodeDecodeError) 
     return to_problem(problem).to_response(request)
 
 
-def _view(settings: ApiSettings, clock: Any) -> service.View:
-    return service.View(now=clock(), rate_per_second=settings.mailings.provider_rate_per_second)
+def _view(settings: ApiSettings, clock: Any) -> reads.View:
+    return reads.View(now=clock(), rate_per_second=settings.mailings.provider_rate_per_second)
 
 
 class MailingController(Controller):
@@ -91,7 +91,7 @@ class MailingController(Controller):
             idem = (
                 Idempotency(
                     client.id,
-                    service.IDEMPOTENCY_SCOPE,
+                    create.IDEMPOTENCY_SCOPE,
                     key,
                     request_hash(checked.fingerprint()),
                     settings.idempotency_ttl_h,
@@ -99,7 +99,7 @@ class MailingController(Controller):
                 if key
                 else None
             )
-            stored = await service.create_mailing(
+            stored = await create.create_mailing(
                 db_session,
                 client=client,
                 upload=checked,
@@ -125,8 +125,8 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         status: Annotated[MailingStatus | None, QueryParameter()] = None,
     ) -> MailingPage:
-        query = service.MailingQuery(page=page, limit=limit, status=status, cursor=cursor)
-        return await service.list_mailings(db_session, request.user, query, _view(settings, clock))
+        query = reads.MailingQuery(page=page, limit=limit, status=status, cursor=cursor)
+        return await reads.list_mailings(db_session, request.user, query, _view(settings, clock))
 
     @get("/{mailing_id:uuid}", opt=READ, summary="One mailing with its progress")
     async def get_one(
@@ -137,9 +137,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.get_mailing(
-            db_session, request.user, mailing_id, _view(settings, clock)
-        )
+        return await reads.get_mailing(db_session, request.user, mailing_id, _view(settings, clock))
 
     @get(
         "/{mailing_id:uuid}/entries",
@@ -155,7 +153,7 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingEntryPage:
-        return await service.list_entries(
+        return await reads.list_entries(
             db_session, request.user, mailing_id, status=status, cursor=cursor, limit=limit
         )
 
@@ -172,7 +170,7 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingErrorPage:
-        return await service.list_errors(
+        return await reads.list_errors(
             db_session, request.user, mailing_id, cursor=cursor, limit=limit
         )
 
@@ -191,7 +189,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.pause(db_session, request.user, mailing_id, _view(settings, clock))
+        return await controls.pause(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/resume",
@@ -208,7 +206,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.resume(db_session, request.user, mailing_id, _view(settings, clock))
+        return await controls.resume(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/cancel",
@@ -227,7 +225,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.cancel(db_session, request.user, mailing_id, _view(settings, clock))
+        return await controls.cancel(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/retry-failed",
@@ -246,7 +244,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.retry_failed(
+        return await controls.retry_failed(
             db_session, request.user, mailing_id, _view(settings, clock)
         )
 

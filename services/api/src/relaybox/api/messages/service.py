@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import msgspec
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,11 +18,6 @@ from relaybox.common.messaging.topology import META_SEND
 from relaybox.common.outbox import enqueue, trace_headers
 
 IDEMPOTENCY_SCOPE = META_SEND  # Idempotency-Keys of POST /messages/send
-
-
-def _to_json(detail: MessageDetail) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(detail)
-    return body
 
 
 async def send_message(
@@ -82,7 +75,7 @@ async def send_message(
                 )
             )
             assert existing is not None  # the conflicting row is committed, hence visible
-            response = StoredResponse(200, _to_json(message_detail(existing)))
+            response = StoredResponse.of(200, message_detail(existing))
         else:
             await savepoint.commit()
             await enqueue(
@@ -91,14 +84,10 @@ async def send_message(
                 payload={"id": str(inserted.id)},
                 headers=trace_headers(correlation_id),
             )
-            response = StoredResponse(202, _to_json(message_detail(inserted)))
+            response = StoredResponse.of(202, message_detail(inserted))
         if idempotency is not None:
             await idempotency.store(session, response)
     return response
-
-
-def _not_found(message_id: uuid.UUID) -> NotFoundError:
-    return NotFoundError(f"no message with id {message_id}")
 
 
 async def get_message(
@@ -108,7 +97,7 @@ async def get_message(
         select(Message).where(Message.id == message_id, owned_by(Message.tenant_id, client))
     )
     if row is None:
-        raise _not_found(message_id)
+        raise NotFoundError.of("message", message_id)
     return message_detail(row)
 
 
@@ -146,7 +135,7 @@ async def retry_message(
                 )
             )
             if status is None:
-                raise _not_found(message_id)
+                raise NotFoundError.of("message", message_id)
             raise ConflictError(
                 f"message {message_id} is {status}; only a FAILED outbound message can be retried",
                 messageStatus=status,
