@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.consumer.service import EMAIL_API_LIMIT_KEY
+from relaybox.consumer.runner import EMAIL_API_LIMIT_KEY
 from relaybox.publisher.relay import Relay
 from tests.chaos.test_crashes import accept_many
 from tests.support.pipeline import eventually, publisher_settings

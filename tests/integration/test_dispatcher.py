@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.consumer.dispatcher import Dispatcher
+from relaybox.consumer.mailings.dispatcher import Dispatcher
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,

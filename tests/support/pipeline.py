@@ -19,7 +19,7 @@ from relaybox.consumer.handlers.meta import MetaHandler
 from relaybox.consumer.mailings.handler import MailingParseHandler
 from relaybox.consumer.providers.meta import MetaProvider
 from relaybox.consumer.providers.smtp import SmtpSettings
-from relaybox.consumer.service import email_limiter, email_provider, meta_limiter
+from relaybox.consumer.runner import email_limiter, email_provider, meta_limiter
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.worker import Handler, Worker
 from relaybox.publisher.relay import Relay

@@ -74,9 +74,10 @@ class SendingHandler(ABC):
         self._sent_in_one_statement = type(self).after_sent is SendingHandler.after_sent
 
     @abstractmethod
-    async def send(self, row: dict[str, Any]) -> str | None:
-        """Call the provider once for a claimed row; return the provider's id (None if it gave
-        none). Returns normally exactly when the provider accepted the send."""
+    async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        """Call the provider once for a claimed row (`payload`: its message's, for what travels
+        only there); return the provider's id (None if it gave none). Returns normally exactly
+        when the provider accepted the send."""
 
     async def prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Whatever must happen before a send can start at once (authenticating, ...): done
@@ -140,7 +141,7 @@ class SendingHandler(ABC):
         row_id = row["id"]
         started = time.perf_counter()
         try:
-            provider_id = await self.send(row)
+            provider_id = await self.send(row, payload)
         except RetryableError as exc:
             self._observe(started, "retryable")
             if self.limiter is not None and exc.retry_after:

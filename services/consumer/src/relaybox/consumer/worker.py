@@ -174,7 +174,7 @@ class Worker:
             with tracer.start_as_current_span(
                 f"consume {route}", context=context, kind=trace.SpanKind.CONSUMER
             ):
-                outcome = await self._dispatch(route, message.body, headers)
+                outcome = await self._run_handler(route, message.body, headers)
             await message.ack()
         except GiveBackError as exc:
             log.info("message given back", extra={"route": route, "reason": str(exc)})
@@ -199,7 +199,7 @@ class Worker:
             metrics.IN_FLIGHT.dec()
         metrics.OUTCOMES.labels(route, outcome).inc()
 
-    async def _dispatch(self, route: str, body: bytes, headers: dict[str, Any]) -> str:
+    async def _run_handler(self, route: str, body: bytes, headers: dict[str, Any]) -> str:
         handler = self.handlers.get(route)
         if handler is None:
             raise PoisonMessageError(f"no handler for routing key {route!r}")

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
 from relaybox.api.idempotency import Idempotency, StoredResponse, lock_key
-from relaybox.api.mailings.reads import Delivery, View, detail_of, mailing_detail
+from relaybox.api.mailings.reads import RecipientCounts, View, detail_of, mailing_detail
 from relaybox.api.mailings.upload import CheckedUpload, chunks
 from relaybox.api.settings import MailingSettings
 from relaybox.common.db.models import Mailing, MailingChunk
@@ -62,7 +62,7 @@ async def create_mailing(
                 payload={"id": str(mailing.id)},
                 headers=trace_headers(correlation_id),
             )
-            response = StoredResponse.of(202, mailing_detail(mailing, Delivery(), view))
+            response = StoredResponse.of(202, mailing_detail(mailing, RecipientCounts(), view))
         if idempotency is not None:
             await idempotency.store(session, response)
     return response

@@ -54,7 +54,7 @@ DELIVERY_FILTERS: dict[str, ColumnElement[bool]] = {
     "FAILED": and_(_live, _e.status == "FAILED"),
     "PENDING": and_(_live, or_(_e.status.is_(None), _e.status.in_(IN_FLIGHT))),
 }
-DELIVERY_ORDER = ("PENDING", "SENT", "FAILED", "CANCELLED")  # the fields of `Delivery`
+DELIVERY_ORDER = ("PENDING", "SENT", "FAILED", "CANCELLED")  # the fields of `RecipientCounts`
 DELIVERY_STATUS = case(
     (DELIVERY_FILTERS["CANCELLED"], "CANCELLED"),
     (DELIVERY_FILTERS["SENT"], "SENT"),
@@ -64,7 +64,7 @@ DELIVERY_STATUS = case(
 
 
 @dataclass(frozen=True)
-class Delivery:
+class RecipientCounts:
     """Where a mailing's recipients stand."""
 
     pending: int = 0
@@ -86,7 +86,7 @@ def _links(mailing_id: uuid.UUID) -> MailingLinks:
     return MailingLinks(self_=base, entries=f"{base}/entries", errors=f"{base}/errors")
 
 
-def mailing_detail(row: Mailing, delivery: Delivery, view: View) -> MailingDetail:
+def mailing_detail(row: Mailing, delivery: RecipientCounts, view: View) -> MailingDetail:
     done = delivery.sent + delivery.failed + delivery.cancelled
     if row.valid_count > 0:
         progress: float | None = min(1.0, round(done / row.valid_count, 4))
@@ -123,9 +123,9 @@ def mailing_detail(row: Mailing, delivery: Delivery, view: View) -> MailingDetai
     )
 
 
-async def deliveries(
+async def recipient_counts(
     session: AsyncSession, mailing_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, Delivery]:
+) -> dict[uuid.UUID, RecipientCounts]:
     """Recipients by delivery state for each mailing: one aggregate over recipients ⟕ emails."""
     if not mailing_ids:
         return {}
@@ -140,12 +140,14 @@ async def deliveries(
         .group_by(_r.mailing_id)
     )
     result = await session.execute(stmt)
-    return {r[0]: Delivery(pending=r[1], sent=r[2], failed=r[3], cancelled=r[4]) for r in result}
+    return {
+        r[0]: RecipientCounts(pending=r[1], sent=r[2], failed=r[3], cancelled=r[4]) for r in result
+    }
 
 
 async def detail_of(session: AsyncSession, row: Mailing, view: View) -> MailingDetail:
-    found = await deliveries(session, [row.id])
-    return mailing_detail(row, found.get(row.id, Delivery()), view)
+    found = await recipient_counts(session, [row.id])
+    return mailing_detail(row, found.get(row.id, RecipientCounts()), view)
 
 
 async def owned_mailing(session: AsyncSession, client: Client, mailing_id: uuid.UUID) -> Mailing:
@@ -196,9 +198,9 @@ async def list_mailings(
     total = await session.scalar(
         select(func.count()).select_from(_listed(client, query).subquery())
     )
-    found = await deliveries(session, [r.id for r in rows])
+    found = await recipient_counts(session, [r.id for r in rows])
     return MailingPage(
-        data=[mailing_detail(r, found.get(r.id, Delivery()), view) for r in rows],
+        data=[mailing_detail(r, found.get(r.id, RecipientCounts()), view) for r in rows],
         meta=MailingPageMeta(
             page=query.page,
             limit=query.limit,

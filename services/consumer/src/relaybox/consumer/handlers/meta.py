@@ -35,7 +35,7 @@ class MetaHandler(SendingHandler):
         super().__init__(engine, topology, settings, limiter)
         self.provider = provider
 
-    async def send(self, row: dict[str, Any]) -> str | None:
+    async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
         chat = OutgoingChat(
             id=str(row["id"]), channel=row["channel"], to=row["participant_id"], text=row["text"]
         )

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
-from relaybox.consumer.dispatcher import Dispatcher
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.mailings.dispatcher import Dispatcher
 from relaybox.consumer.mailings.handler import MailingParseHandler
 from relaybox.consumer.providers.base import EmailProvider
 from relaybox.consumer.providers.email_api import EmailApiProvider
