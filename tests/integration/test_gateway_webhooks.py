@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from relaybox.api.app import create_app
 from relaybox.api.settings import ApiSettings, MetaGatewaySettings
-from relaybox.common.meta_status import apply_status_events, parse_provider_timestamp
+from relaybox.common.gateway.status_events import apply_status_events
+from relaybox.common.gateway.timestamps import parse_provider_timestamp
 from relaybox.common.signing import SIGNATURE_HEADER, sign
 from tests.integration.conftest import WEBHOOK_SECRET
 

@@ -19,7 +19,7 @@ from pydantic import (
 from relaybox.api.errors import ApiError
 from relaybox.api.fields import SINGLE_LINE, TEXT
 from relaybox.api.messages.schemas import MAX_ID, Channel, message_text, single_line
-from relaybox.common.meta_status import parse_provider_timestamp
+from relaybox.common.gateway.timestamps import parse_provider_timestamp
 
 MAX_INBOUND_TEXT = 65_536  # generous: a provider's message is never refused for its length
 _VALUE_ERROR_PREFIX = "Value error, "

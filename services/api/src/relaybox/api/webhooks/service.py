@@ -30,7 +30,7 @@ from relaybox.api.webhooks.schemas import (
 )
 from relaybox.common.db.models import WebhookEvent
 from relaybox.common.db.session import connection, run_on_driver
-from relaybox.common.meta_status import (
+from relaybox.common.gateway.status_events import (
     MESSAGE_KIND,
     PROVIDER,
     STATUS_KIND,

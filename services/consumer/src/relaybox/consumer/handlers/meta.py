@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.gateway.status_events import apply_status_events
 from relaybox.common.messaging.topology import META_SEND, Topology
-from relaybox.common.meta_status import apply_status_events
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.providers.meta import MetaProvider, OutgoingChat
 from relaybox.consumer.ratelimit import RateLimiter
