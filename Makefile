@@ -12,7 +12,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke bench bench-smoke lint fmt typecheck up down
+.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -32,8 +32,10 @@ migrate: install ## create the database if missing and apply the migrations
 seed: install ## load demo conversations through mock-meta's signed webhooks (needs `make run`)
 	$(RUN) python -m relaybox.mock_meta.seed
 
-token: install ## print a dev bearer token (all scopes)
-	@$(RUN) python -m relaybox.api token --sub dev
+SUB ?= dev
+TENANT ?=
+token: install ## print a dev bearer token (all scopes; SUB=alice TENANT=acme for another caller)
+	@$(RUN) python -m relaybox.api token --sub $(SUB) $(if $(TENANT),--tenant $(TENANT))
 
 run: preflight migrate ## start api, publisher, consumer and mock-meta (honcho), print URLs and a token
 	@echo ""
@@ -55,6 +57,10 @@ chaos: install ## the chaos run (10,000 items; kills, RabbitMQ and PostgreSQL re
 
 chaos-smoke: install ## the ~60 s chaos smoke of the test suite (kills and provider faults only)
 	$(RUN) python -m tests.chaos --smoke
+
+FUZZ_EXAMPLES ?= 200
+fuzz: install ## schemathesis --checks all against a live API on a fresh database (FUZZ_EXAMPLES per operation)
+	$(RUN) python -m tests.fuzz --max-examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)
 
 bench: install ## benchmarks (ratios against raw baselines, same script)
 	$(RUN) python -m bench

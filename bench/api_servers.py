@@ -27,7 +27,7 @@ from relaybox.common import runtime
 POOL_MIN, POOL_MAX = 30, 40  # the real API's SQLAlchemy pool: pool_size 30 + max_overflow 10
 
 INSERT_EMAIL = """
-INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body, html_body)
+INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body, html_body)
 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at
 """
 INSERT_OUTBOX = """

@@ -128,7 +128,7 @@ async def store_upload(dsn: str, generated: Generated) -> uuid.UUID:
     try:
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO mailings (id, client_id, subject, body_template, file_name,"
+                "INSERT INTO mailings (id, tenant_id, subject, body_template, file_name,"
                 " file_sha256, file_bytes) VALUES ($1, 'bench', 'Bench', 'Hi {token}',"
                 " 'mailing.csv', '', $2)",
                 mailing_id,

@@ -53,7 +53,7 @@ async def _load(db_url: str, count: int) -> None:
             await conn.execute(
                 """
                 WITH e AS (
-                    INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body)
+                    INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body)
                     SELECT gen_random_uuid(), 'bench', 'r' || n || '@example.com',
                            'bench@example.com', 'rate', 'hello'
                     FROM generate_series(1, $1) AS n RETURNING id

@@ -86,9 +86,9 @@ ON CONFLICT (provider, event_id) DO NOTHING RETURNING id
 """
 UPSERT_CONVERSATION = """
 INSERT INTO conversations
-    (id, channel, participant_id, unread_count, last_message_at, last_message_preview)
-VALUES ($1, $2, $3, 1, $4, $5)
-ON CONFLICT (channel, participant_id) DO UPDATE SET
+    (id, tenant_id, channel, participant_id, unread_count, last_message_at, last_message_preview)
+VALUES ($1, 'dev', $2, $3, 1, $4, $5)
+ON CONFLICT (tenant_id, channel, participant_id) DO UPDATE SET
     last_message_at = GREATEST(conversations.last_message_at, EXCLUDED.last_message_at),
     last_message_preview = CASE
         WHEN conversations.last_message_at IS NULL
@@ -101,9 +101,9 @@ ON CONFLICT (channel, participant_id) DO UPDATE SET
 RETURNING id
 """
 INSERT_MESSAGE = """
-INSERT INTO messages (id, conversation_id, direction, channel, participant_id, text, status,
-                      provider_event_id, sort_at)
-VALUES ($1, $2, 'inbound', $3, $4, $5, 'RECEIVED', $6, $7)
+INSERT INTO messages (id, conversation_id, tenant_id, direction, channel, participant_id, text,
+                      status, provider_event_id, sort_at)
+VALUES ($1, $2, 'dev', 'inbound', $3, $4, $5, 'RECEIVED', $6, $7)
 """
 JSON = "application/json"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from relaybox.publisher.relay import Relay
 from tests.support.broker import drain_queue
 from tests.support.pipeline import (
     consumer_settings,
+    email_row,
     publisher_settings,
     running_pipeline,
     wait_final,
@@ -37,12 +37,6 @@ async def accept_many(client: httpx.AsyncClient, count: int) -> list[str]:
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
     return ids
-
-
-async def email_row(engine: AsyncEngine, email_id: str) -> Any:
-    async with engine.connect() as conn:
-        result = await conn.execute(text("SELECT * FROM emails WHERE id = :id"), {"id": email_id})
-        return result.mappings().one()
 
 
 async def crash_consumer_at(

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
-from relaybox.api.auth import issue_token
+from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings, AuthSettings, MetaGatewaySettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
@@ -43,7 +43,8 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
         database=db_settings,
         broker=broker_settings,
         auth=AuthSettings(jwt_secret=SECRET),
-        meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET),
+        # The gateway's account belongs to the tests' client (their token's subject).
+        meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET, tenant="test-client"),
         # The tests post events with fixed timestamps (2025, 2026): remember events long enough
         # for those to count as new (test_gateway_webhooks tests the default's expiry).
         webhook_event_retention_h=EVENTS_KEPT_H,
@@ -52,7 +53,7 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
 
 @pytest.fixture
 def token(api_settings: ApiSettings) -> str:
-    return issue_token(api_settings, "test-client")
+    return issue_token(api_settings, "test-client", USER_SCOPES)  # one tenant, not an admin
 
 
 @pytest.fixture

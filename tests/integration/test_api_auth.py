@@ -24,12 +24,12 @@ from relaybox.api.auth import (
     issue_token,
 )
 from relaybox.api.settings import (
-    DEV_WEBHOOK_SECRET,
     PLACEHOLDER_SECRET,
     ApiSettings,
     AuthSettings,
     MetaGatewaySettings,
 )
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 from tests.integration.conftest import SECRET
 
 BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi"}
@@ -182,8 +182,9 @@ async def test_token_without_scopes_is_403(client: httpx.AsyncClient) -> None:
 async def test_scope_limited_token_works_where_allowed(
     client: httpx.AsyncClient, api_settings: ApiSettings
 ) -> None:
-    sender = issue_token(api_settings, "sender", scopes=("email:send",))
-    reader = issue_token(api_settings, "reader", scopes=("email:read",))
+    # one tenant (the subject), two tokens of narrower scopes
+    sender = issue_token(api_settings, "test-client", scopes=("email:send",))
+    reader = issue_token(api_settings, "test-client", scopes=("email:read",))
     sent = await call(client, "POST", "/send", f"Bearer {sender}")
     assert sent.status_code == 202, sent.text
     read = await call(client, "GET", f"/emails/{sent.json()['id']}", f"Bearer {reader}")

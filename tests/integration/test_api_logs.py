@@ -49,7 +49,7 @@ async def add(
     email_id = email_id or uuid.uuid4()
     values: dict[str, Any] = {
         "id": email_id,
-        "client_id": "test-client",
+        "tenant_id": "test-client",
         "to_address": f"{email_id.hex[:8]}@example.com",
         "from_address": "relaybox@localhost",
         "subject": f"subject {created_at.isoformat()}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
+from relaybox.api.emails import log as email_log
 from relaybox.api.settings import ApiSettings, RateLimitSettings
 from relaybox.common.db.session import dispose
 from relaybox.common.settings import DatabaseSettings
@@ -72,14 +74,41 @@ async def test_not_ready_without_the_database_and_no_secret_leaks(
         assert not_ready.status_code == 503
         assert not_ready.json()["status"] == "not ready"
         assert DB_PASSWORD not in not_ready.text
-        # a 5xx is a bug, but even then: problem details, nothing of the exception
+        # the database out of reach: a 503 to retry, problem details, nothing of the exception
         failed = await client.post("/send", json=BODY)
-        assert failed.status_code == 500
+        assert failed.status_code == 503
+        assert failed.headers["retry-after"] == "5"
         assert failed.headers["content-type"].startswith(PROBLEM)
-        assert failed.json()["title"] == "Internal Server Error"
+        assert failed.json()["title"] == "Service Unavailable"
         assert DB_PASSWORD not in failed.text
         assert "127.0.0.1" not in failed.text
         assert failed.headers["x-request-id"]
+
+
+async def test_an_unhandled_exception_is_one_logged_500_with_request_id_method_and_route(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug (secret: hunter2)")
+
+    monkeypatch.setattr(email_log, "get_email", broken)
+    with caplog.at_level(logging.INFO):
+        failed = await client.get(
+            "/emails/6f1c1c1e-58b4-4a43-9b44-3d0e6f3c6a01", headers={"X-Request-ID": "bug-1"}
+        )
+    assert failed.status_code == 500
+    assert failed.headers["content-type"].startswith(PROBLEM)
+    assert "hunter2" not in failed.text
+    assert "bug-1" in failed.json()["detail"] or failed.headers["x-request-id"] == "bug-1"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    (logged,) = errors
+    assert logged.exc_info is not None and "a bug" in str(logged.exc_info[1])
+    assert vars(logged)["request_id"] == "bug-1"
+    assert vars(logged)["method"] == "GET"
+    assert vars(logged)["route"] == "/emails/{email_id}"
+    access = [r for r in caplog.records if r.name == "relaybox.api.access"]
+    assert [vars(r)["status"] for r in access] == [500]
 
 
 # --- metrics --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
-from relaybox.api.emails.service import IDEMPOTENCY_SCOPE
+from relaybox.api.emails.accept import IDEMPOTENCY_SCOPE
 from relaybox.api.idempotency import lock_key
 from relaybox.api.settings import ApiSettings, RateLimitSettings
 
@@ -85,7 +85,7 @@ async def test_send_writes_email_and_outbox_row_and_answers_202(
         email = (
             await conn.execute(
                 text(
-                    "SELECT client_id, to_address, from_address, subject, text_body, html_body, "
+                    "SELECT tenant_id, to_address, from_address, subject, text_body, html_body, "
                     "status, attempts FROM emails WHERE id = :id"
                 ),
                 {"id": email_id},
@@ -151,6 +151,21 @@ async def test_send_with_from_html_only_and_both_bodies(
     )
 
 
+async def test_body_is_an_alias_of_text(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """The email HTTP API contract and common clients name the plain-text field `body`."""
+    aliased = {"to": "carol@example.com", "subject": "s", "body": "Hi Carol"}
+    for path in ("/send", "/email/send"):
+        response = await client.post(path, json=aliased)
+        assert response.status_code == 202, response.text
+        detail = await client.get(f"/emails/{response.json()['id']}")
+        assert (detail.json()["text"], detail.json()["html"]) == ("Hi Carol", None)
+    with_null_text = await client.post("/send", json={**aliased, "text": None})
+    assert with_null_text.status_code == 202, with_null_text.text
+    async with engine.connect() as conn:
+        bodies = (await conn.execute(text("SELECT text_body FROM emails"))).scalars().all()
+    assert bodies == ["Hi Carol"] * 3
+
+
 async def test_limits_are_inclusive(client: httpx.AsyncClient) -> None:
     body = {**BODY, "subject": "s" * 255, "text": "t" * 10_000, "html": "h" * 10_000}
     response = await client.post("/send", json=body)
@@ -187,6 +202,12 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("html boolean", {**BODY, "html": True}, "html"),
     ("neither text nor html", {"to": "alice@example.com", "subject": "s"}, "html"),
     ("both null", {"to": "alice@example.com", "subject": "s", "text": None, "html": None}, "html"),
+    ("text and its alias body", {**BODY, "body": "Hi again"}, "body"),
+    ("body 10,001 chars", {"to": "a@example.com", "subject": "s", "body": "b" * 10_001}, "body"),
+    ("body NUL", {"to": "a@example.com", "subject": "s", "body": "a\x00"}, "body"),
+    ("body null, no html", {"to": "a@example.com", "subject": "s", "body": None}, "html"),
+    ("to special-use domain", {**BODY, "to": "alice@host.test"}, "to"),
+    ("to 255 chars", {**BODY, "to": "a" * 64 + "@" + "b" * 186 + ".com"}, "to"),
     ("unknown extra field", {**BODY, "bcc": "eve@example.com"}, "bcc"),
     ("array instead of object", [BODY], "body"),  # type: ignore[list-item]
     ("string instead of object", "hello", "body"),  # type: ignore[list-item]

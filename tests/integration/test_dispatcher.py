@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.consumer.dispatcher import Dispatcher
+from relaybox.consumer.mailings.dispatcher import Dispatcher
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,
@@ -30,7 +30,7 @@ async def make_mailing(engine: AsyncEngine, recipients: int, status: str = "RUNN
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO mailings (id, client_id, status, subject, body_template, file_sha256,"
+                "INSERT INTO mailings (id, tenant_id, status, subject, body_template, file_sha256,"
                 " file_bytes) VALUES (:id, 'c', :status, 'Complete your registration', :body,"
                 " 'x', 1)"
             ),

@@ -126,7 +126,7 @@ async def test_a_live_lease_defers_the_message_until_it_ends(
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body,"
+                "INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body,"
                 " status, attempts, lease_until) VALUES (:id, 'c', 'x@example.com',"
                 " 'r@example.com', 's', 't', 'SENDING', 1, now() + interval '1 second')"
             ),

@@ -453,7 +453,8 @@ async def test_never_active_conversations_come_last_and_ties_break_by_id(
     for i, conversation_id in enumerate(ids):
         await execute(
             engine,
-            "INSERT INTO conversations (id, channel, participant_id) VALUES (:id, 'whatsapp', :p)",
+            "INSERT INTO conversations (id, tenant_id, channel, participant_id) "
+            "VALUES (:id, 'test-client', 'whatsapp', :p)",
             id=conversation_id,
             p=f"idle-{i}",
         )
@@ -663,8 +664,9 @@ async def test_missing_scope_is_403_naming_it(
 async def test_scope_limited_tokens_work_where_allowed(
     client: httpx.AsyncClient, api_settings: ApiSettings
 ) -> None:
-    sender = issue_token(api_settings, "sender", scopes=("meta:send",))
-    reader = issue_token(api_settings, "reader", scopes=("meta:read",))
+    # one tenant (the subject), two tokens of narrower scopes
+    sender = issue_token(api_settings, "test-client", scopes=("meta:send",))
+    reader = issue_token(api_settings, "test-client", scopes=("meta:read",))
     sent = await client.post(
         "/messages/send", json=SEND, headers={"Authorization": f"Bearer {sender}"}
     )

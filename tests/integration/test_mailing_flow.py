@@ -20,10 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.email_api import EmailApiSettings
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.consumer.dispatcher import Dispatcher
-from relaybox.consumer.service import mailing_in_flight
+from relaybox.consumer.mailings.dispatcher import Dispatcher
+from relaybox.consumer.providers.email_api import EmailApiSettings
+from relaybox.consumer.runner import mailing_in_flight
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.mock_meta.app import create_app as create_mock
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings

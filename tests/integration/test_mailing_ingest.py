@@ -32,7 +32,7 @@ async def create_mailing(engine: AsyncEngine, data: bytes, chunk_size: int = 64)
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO mailings (id, client_id, subject, body_template, file_name,"
+                "INSERT INTO mailings (id, tenant_id, subject, body_template, file_name,"
                 " file_sha256, file_bytes) VALUES (:id, 'test-client', 'Hello', 'Hi {token}',"
                 " 'list.csv', :sha, :size)"
             ),

@@ -154,7 +154,7 @@ async def parsed(
                 email_id = email_ids[r.email] = uuid.uuid4()
                 await conn.execute(
                     text(
-                        "INSERT INTO emails (id, client_id, to_address, from_address, subject, "
+                        "INSERT INTO emails (id, tenant_id, to_address, from_address, subject, "
                         "text_body, status, last_error, sent_at, failed_at) VALUES (:id, :c, :to, "
                         "'relaybox@localhost', 'Complete your registration', 'token abc', "
                         "CAST(:s AS varchar), :err, CASE WHEN CAST(:s AS varchar) = 'SENT' "
@@ -236,7 +236,7 @@ async def test_upload_stores_the_file_in_chunks_with_one_outbox_row(
         row = (
             await conn.execute(
                 text(
-                    "SELECT client_id, status, subject, body_template, file_name, file_sha256, "
+                    "SELECT tenant_id, status, subject, body_template, file_name, file_sha256, "
                     "file_bytes FROM mailings WHERE id = :id"
                 ),
                 {"id": mailing_id},
@@ -362,6 +362,27 @@ async def test_missing_file_part_is_400(client: httpx.AsyncClient, engine: Async
     assert_problem(file_as_text, 400, "file")
     not_multipart = await client.post("/mailings", json={"file": "email\na@x.com"})
     assert not_multipart.status_code == 400, not_multipart.text
+    assert await stored(engine) == (0, 0, 0)
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00"
+
+
+async def test_binary_file_with_null_subject_and_body_is_a_4xx(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Found by the fuzzer: a PNG `file` sent as a plain form field (no filename), with `subject`
+    and `body` of "null", answered 500 (Litestar's form parser raised UnicodeDecodeError)."""
+    form = {"subject": (None, "null"), "body": (None, "null")}
+    plain_field = await client.post("/mailings", files={"file": (None, PNG), **form})
+    assert_problem(plain_field, 400, None)
+    as_a_file = await client.post("/mailings", files={"file": ("file.png", PNG), **form})
+    assert_problem(as_a_file, 400, "body")  # "null" holds no {token}
+    assert_problem(await client.post("/mailings", files={"file": ("f.png", PNG)}), 415, "file")
+    binary_subject = await client.post(  # (before the file: Litestar would leave it open)
+        "/mailings", files={"subject": (None, PNG), "file": ("list.csv", b"email\na@x.com\n")}
+    )
+    assert_problem(binary_subject, 400, None)
     assert await stored(engine) == (0, 0, 0)
 
 
@@ -696,7 +717,8 @@ async def test_other_clients_mailings_are_not_found(
     api_settings: ApiSettings, engine: AsyncEngine, client: httpx.AsyncClient
 ) -> None:
     mailing_id = await new_mailing(client)
-    async with api(api_settings, engine, issue_token(api_settings, "someone-else")) as other:
+    another_tenant = issue_token(api_settings, "someone-else", ("mailing:read", "mailing:send"))
+    async with api(api_settings, engine, another_tenant) as other:
         assert (await other.get("/mailings")).json()["data"] == []
         for path in ("", "/entries", "/errors"):
             assert_problem(await other.get(f"/mailings/{mailing_id}{path}"), 404, None)

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.api.app import create_app
 from relaybox.api.settings import ApiSettings
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.providers.meta import MetaProviderSettings
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.integration.conftest import WEBHOOK_SECRET
 from tests.support.pipeline import (
@@ -188,13 +188,25 @@ async def test_a_429_pauses_the_provider_then_sends(
     await configure(mock_meta, failNext=1, failStatus=429, statusEvents=False)
     message_id = await send(gateway, "c-3")
     sent = await wait_status(gateway, message_id, "SENT")
-    assert sent["retryCount"] == 0  # a 429 is flow control: it does not use up an attempt
+    assert sent["retryCount"] == 1  # the 429 shows; it just does not use up an attempt
     assert (await mock_stats(mock_meta))["byClientMessageId"] == {message_id: 2}
     async with engine.connect() as conn:  # the Retry-After paused the shared limiter
         paused = await conn.scalar(
             text("SELECT paused_until FROM rate_limits WHERE key = 'meta.send'")
         )
     assert paused is not None
+
+
+async def test_429s_beyond_the_attempt_budget_still_end_sent_and_all_show(
+    gateway: httpx.AsyncClient, meta_pipeline: Pipeline, mock_meta: str
+) -> None:
+    max_attempts = meta_pipeline.worker.settings.max_attempts
+    throttles = max_attempts + 1
+    await configure(mock_meta, failNext=throttles, failStatus=429, statusEvents=False)
+    message_id = await send(gateway, "c-429s")
+    sent = await wait_status(gateway, message_id, "SENT")
+    assert sent["retryCount"] == throttles
+    assert (await mock_stats(mock_meta))["byClientMessageId"] == {message_id: throttles + 1}
 
 
 async def test_a_400_from_the_provider_fails_at_once(

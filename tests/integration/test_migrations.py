@@ -44,7 +44,7 @@ async def test_deleting_a_mailing_deletes_its_recipients_and_errors(engine: Asyn
         for mailing_id in (kept, deleted):
             await conn.execute(
                 text(
-                    "INSERT INTO mailings (id, client_id, subject, body_template, file_sha256,"
+                    "INSERT INTO mailings (id, tenant_id, subject, body_template, file_sha256,"
                     " file_bytes) VALUES (:id, 'c', 's', 'b', repeat('0', 64), 1)"
                 ),
                 {"id": mailing_id},

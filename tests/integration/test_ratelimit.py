@@ -11,17 +11,19 @@ import time
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.db.session import create_engine, dispose
-from relaybox.common.ratelimit import (
+from relaybox.common.settings import DatabaseSettings
+from relaybox.consumer.ratelimit import (
     WARM_UP_S,
     WARM_UP_SAFETY,
     DatabaseClock,
+    LimiterClosedError,
     RateLimiter,
     Slot,
 )
-from relaybox.common.settings import DatabaseSettings
 
 EPSILON = 0.005
 
@@ -115,3 +117,64 @@ def test_a_process_books_with_a_wider_margin_while_it_warms_up(engine: AsyncEngi
     assert limiter._booking_interval(100.0) == pytest.approx(0.02 * (1 + WARM_UP_SAFETY))
     assert limiter._booking_interval(100.0 + WARM_UP_S / 2) > limiter.interval
     assert limiter._booking_interval(100.0 + WARM_UP_S) == pytest.approx(0.02 * 1.03)
+
+
+async def tat_ahead_s(engine: AsyncEngine, key: str) -> float:
+    async with engine.connect() as conn:
+        ahead = await conn.scalar(
+            text(
+                "SELECT extract(epoch FROM tat - clock_timestamp())::float8 "
+                "FROM rate_limits WHERE key = :key"
+            ),
+            {"key": key},
+        )
+    return float(ahead)
+
+
+async def test_a_process_books_no_further_ahead_than_its_horizon(engine: AsyncEngine) -> None:
+    limiter = RateLimiter(engine, "test.horizon", 10.0, horizon_s=0.25)
+    started = time.monotonic()
+    ahead = []
+    for _ in range(8):  # 0.8 s of slots
+        slot = await limiter.reserve()
+        ahead.append(slot.at - time.monotonic())
+    # The first few fit in the horizon at once; each later one waited until it came in reach.
+    assert max(ahead) <= 0.25 + EPSILON, ahead
+    assert time.monotonic() - started >= 0.8 - 0.25 - 0.11 - EPSILON
+    assert await tat_ahead_s(engine, "test.horizon") <= 0.25 + 0.11 + EPSILON
+
+
+async def test_a_released_slot_goes_to_the_next_caller_of_the_process(engine: AsyncEngine) -> None:
+    limiter = RateLimiter(engine, "test.spare", 2.0)
+    first = await limiter.reserve()
+    limiter.release(first)
+    assert await limiter.reserve() == first
+    # nothing more was booked (a new process books with its warm-up margin)
+    assert await tat_ahead_s(engine, "test.spare") <= 0.5 * (1 + WARM_UP_SAFETY) + EPSILON
+
+
+async def test_close_gives_held_slots_back_and_wakes_waiters(engine: AsyncEngine) -> None:
+    limiter = RateLimiter(engine, "test.close", 1.0)
+    used = await limiter.reserve()
+    await limiter.wait(used)
+    held = [await limiter.reserve() for _ in range(3)]  # 3 s of slots ahead
+    assert await tat_ahead_s(engine, "test.close") > 2.5
+    waiting = asyncio.create_task(limiter.wait(held[0]))
+    await asyncio.sleep(0.05)
+    await limiter.close()
+    with pytest.raises(LimiterClosedError):
+        await waiting
+    with pytest.raises(LimiterClosedError):
+        await limiter.reserve()
+    # Back to the end of the slot used last: the next process starts right after it.
+    assert await tat_ahead_s(engine, "test.close") <= 1.0 * (1 + WARM_UP_SAFETY) + EPSILON
+
+
+async def test_close_gives_back_only_slots_no_later_booking_follows(engine: AsyncEngine) -> None:
+    mine = RateLimiter(engine, "test.interleaved", 1.0)
+    other = RateLimiter(engine, "test.interleaved", 1.0)
+    await mine.reserve()
+    await other.reserve()  # booked after mine: mine is no longer the last one
+    before = await tat_ahead_s(engine, "test.interleaved")
+    await mine.close()
+    assert await tat_ahead_s(engine, "test.interleaved") == pytest.approx(before, abs=0.05)

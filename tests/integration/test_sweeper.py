@@ -26,7 +26,7 @@ async def insert_emails(
         for email_id in ids:
             await conn.execute(
                 text(
-                    "INSERT INTO emails (id, client_id, to_address, from_address, subject, "
+                    "INSERT INTO emails (id, tenant_id, to_address, from_address, subject, "
                     "text_body, status, lease_until, updated_at) VALUES (:id, 'c', 'a@b.c', "
                     f"'r@b.c', 's', 't', :status, {lease or 'NULL'}, {updated})"
                 ),
@@ -127,7 +127,7 @@ async def test_a_mailing_whose_parse_stalled_gets_a_new_parse_message(engine: As
         ):
             await conn.execute(
                 text(
-                    "INSERT INTO mailings (id, client_id, status, subject, body_template,"
+                    "INSERT INTO mailings (id, tenant_id, status, subject, body_template,"
                     " file_sha256, file_bytes, rows_total, updated_at) VALUES (:id, 'c', :status,"
                     " 's', 'b', repeat('0', 64), 1, :rows, now() - make_interval(mins => :m))"
                 ),

@@ -13,13 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.providers.meta import MetaProvider
-from relaybox.common.ratelimit import RateLimiter
-from relaybox.common.settings import BrokerSettings, DatabaseSettings, SmtpSettings
+from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.handlers.email import EmailHandler
-from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.handlers.meta import MetaHandler
 from relaybox.consumer.mailings.handler import MailingParseHandler
-from relaybox.consumer.service import email_limiter, email_provider
+from relaybox.consumer.providers.meta import MetaProvider
+from relaybox.consumer.providers.smtp import SmtpSettings
+from relaybox.consumer.runner import email_limiter, email_provider, meta_limiter
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.worker import Handler, Worker
 from relaybox.publisher.relay import Relay
@@ -53,6 +53,13 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(interval)
+
+
+async def email_row(engine: AsyncEngine, email_id: str) -> dict[str, Any]:
+    """One `emails` row, every column."""
+    async with engine.connect() as conn:
+        result = await conn.execute(text("SELECT * FROM emails WHERE id = :id"), {"id": email_id})
+        return dict(result.mappings().one())
 
 
 async def statuses(engine: AsyncEngine) -> dict[str, str]:
@@ -93,10 +100,9 @@ async def running_pipeline(
     await relay.start(connect_attempts=3)
     provider = email_provider(con)
     meta = MetaProvider(con.meta)
-    limiter = RateLimiter(engine, META_LIMIT_KEY, con.meta.rate_per_second)
     handlers: list[Handler] = [
         EmailHandler(engine, topology, con, provider, email_limiter(con, engine)),
-        MetaHandler(engine, topology, con, meta, limiter),
+        MetaHandler(engine, topology, con, meta, meta_limiter(con, engine)),
         MailingParseHandler(engine, con, con.mailings),
     ]
     worker = Worker(con, engine, topology, handlers)

@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from relaybox.api.auth import InsecureSecretError, check_secret
+from relaybox.api.emails.query import parse_bound, today_bounds
 from relaybox.api.emails.schemas import SendEmailRequest
-from relaybox.api.emails.service import parse_bound, today_bounds
 from relaybox.api.errors import ApiError, http_problem
 from relaybox.api.idempotency import lock_key, request_hash, validate_key
 from relaybox.api.middleware import edge_middleware

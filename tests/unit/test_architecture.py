@@ -1,4 +1,5 @@
-"""The tree keeps its architecture: a service imports relaybox.common, never another service."""
+"""The tree keeps its architecture: a service imports relaybox.common, never another service,
+and a rule two services apply is written once."""
 
 from __future__ import annotations
 
@@ -65,3 +66,55 @@ def test_every_module_says_what_it_owns() -> None:
         and not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert not missing, missing
+
+
+def _definitions(path: Path) -> dict[str, str]:
+    """Top-level functions (and methods) and module constants of a module, each as the dump of
+    its body without its name or docstring; trivial ones (a line or two, a number, a word) are
+    left out."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body[1:] if ast.get_docstring(node) else node.body
+            if sum(1 for _ in ast.walk(ast.Module(body=body, type_ignores=[]))) >= MIN_NODES:
+                found[f"{node.name}()"] = ast.dump(ast.Module(body=body, type_ignores=[]))
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node in tree.body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and node.value is not None and _worth(node.value):
+                found[target.id] = ast.dump(node.value)
+    return found
+
+
+MIN_NODES = 25  # about three short statements
+
+
+def _worth(value: ast.expr) -> bool:
+    """A constant whose repetition is a copied rule: a string of a few characters or more, or a
+    collection of several items (not a number, a name or a call)."""
+    if isinstance(value, ast.Constant):
+        return isinstance(value.value, str | bytes) and len(value.value) >= 4
+    if isinstance(value, ast.Tuple | ast.List | ast.Set | ast.Dict):
+        return len(ast.dump(value)) > 80
+    return False
+
+
+# Equal values that are not one rule: the same word meaning two things.
+COINCIDENCES = {
+    frozenset({"MESSAGE_ID_DOMAIN", "DEV_EMAIL_API_USERNAME"}),  # "relaybox": a domain, a login
+}
+
+
+def test_no_rule_is_written_in_two_services() -> None:
+    """A function or constant with the same body in two services is one rule copied: it belongs
+    once in relaybox.common.<domain>."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    copies = []
+    for service in sorted(SERVICES):
+        for path in sorted((ROOT / "services" / service / "src").rglob("*.py")):
+            for name, body in _definitions(path).items():
+                where = f"{path.relative_to(ROOT)}:{name}"
+                first = seen.setdefault(body, (service, name, where))
+                if first[0] != service and frozenset({first[1], name}) not in COINCIDENCES:
+                    copies.append(f"{first[2]} == {where}")
+    assert not copies, copies

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from relaybox.consumer.mailings import addresses, csv_stream
-from relaybox.consumer.mailings.csv_stream import (
+from relaybox.common.mailings import csv_stream
+from relaybox.common.mailings.csv_stream import (
     LATIN_1,
     CsvFormatError,
     NotUtf8Error,
@@ -18,6 +18,7 @@ from relaybox.consumer.mailings.csv_stream import (
     iter_rows,
     lines,
 )
+from relaybox.consumer.mailings import addresses
 
 # A header in the 2nd column, a quoted cell with a comma and a line break, CRLF endings, a
 # blank line, a UTF-8 address and a row whose email cell is empty.

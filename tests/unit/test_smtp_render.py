@@ -8,8 +8,8 @@ from email.policy import SMTP, default
 
 import pytest
 
-from relaybox.common.providers.base import OutgoingEmail
-from relaybox.common.providers.smtp import build_message, render_simple
+from relaybox.consumer.providers.base import OutgoingEmail
+from relaybox.consumer.providers.smtp import build_message, render_simple
 
 SIMPLE = [
     OutgoingEmail("e-1", "a@example.com", "r@example.com", "Hello", text="Hi there"),

@@ -69,20 +69,6 @@ class HttpServerSettings(BaseModel):
     port: int = Field(default=0, ge=0, le=65535, description="0 disables a worker's server")
 
 
-class SmtpSettings(BaseModel):
-    """An SMTP relay."""
-
-    host: str = "127.0.0.1"
-    port: int = 1025
-    username: str | None = None
-    password: str | None = None
-    use_tls: bool = False
-    start_tls: bool = False
-    timeout_s: float = Field(default=10.0, gt=0)
-    pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept open and reused")
-    idle_s: float = Field(default=30.0, gt=0, description="reopen a session idle this long")
-
-
 class ServiceSettings(BaseSettings):
     """Base of every service's settings class: `RELAYBOX_` prefix, `__` for nesting."""
 

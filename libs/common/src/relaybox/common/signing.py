@@ -6,6 +6,8 @@ import hashlib
 import hmac
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105 - refused outside dev mode
+"""The development signing secret mock-meta signs with and the API checks (`make run`)."""
 _PREFIX = "sha256="
 
 

@@ -20,12 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the API (default)")
     token = sub.add_parser("token", help="print a bearer token signed with the configured secret")
     token.add_argument("--sub", default="dev", help="client id (the token's subject)")
+    token.add_argument(
+        "--tenant", default=None, help="tenant, when RELAYBOX_AUTH__TENANT_CLAIM is not `sub`"
+    )
     token.add_argument("--scopes", default=" ".join(ALL_SCOPES), help="space-separated scopes")
     token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
     args = parser.parse_args(argv)
     settings = ApiSettings()
     if args.command == "token":
-        print(issue_token(settings, args.sub, tuple(args.scopes.split()), args.ttl))
+        scopes = tuple(args.scopes.split())
+        print(issue_token(settings, args.sub, scopes, args.ttl, tenant=args.tenant))
         return 0
     configure_logging("api", settings.log)
     try:

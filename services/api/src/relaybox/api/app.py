@@ -15,19 +15,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import check_secret, jwt_auth
 from relaybox.api.conversations.controller import ConversationController
+from relaybox.api.emails.accept import EmailIntake
 from relaybox.api.emails.controller import EmailController
-from relaybox.api.emails.service import EmailIntake
 from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
-from relaybox.api.health import health, ready
+from relaybox.api.health import health, metrics, ready
 from relaybox.api.mailings.controller import mailings_router
 from relaybox.api.messages.controller import MessageController
 from relaybox.api.middleware import access_policy_middleware, echo_request_id, edge_middleware
+from relaybox.api.openapi import ContractPlugin, RequestModelSchemaPlugin
 from relaybox.api.ratelimit import FixedWindowLimiter
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks.controller import MetaWebhookController
@@ -85,7 +85,7 @@ def create_app(
         route_handlers=[
             health,
             ready,
-            PrometheusController,
+            metrics,
             EmailController,
             ConversationController,
             MessageController,
@@ -104,7 +104,10 @@ def create_app(
         },
         middleware=[edge, access_policy_middleware(limiter)],  # around the JWT middleware
         before_send=[echo_request_id],
+        request_max_body_size=settings.max_body_bytes,  # the mailings router allows its uploads
         plugins=[
+            ContractPlugin(),
+            RequestModelSchemaPlugin(prefer_alias=True),
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     exception_to_problem_detail_map={

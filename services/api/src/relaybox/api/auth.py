@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,12 +13,19 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+from sqlalchemy import ColumnElement, true
+from sqlalchemy.orm import InstrumentedAttribute
 
-from relaybox.api.settings import DEV_WEBHOOK_SECRET, PLACEHOLDER_SECRET, ApiSettings
+from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
 from relaybox.common.errors import RelayboxError
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
-ALL_SCOPES = ("email:send", "email:read", "meta:read", "meta:send", "mailing:read", "mailing:send")
+ADMIN_SCOPE = "admin"
+USER_SCOPES = ("email:send", "email:read", "meta:read", "meta:send", "mailing:read", "mailing:send")
+"""Every scope of a tenant's own rows."""
+ALL_SCOPES = (*USER_SCOPES, ADMIN_SCOPE)
+MAX_TENANT = 255
 MIN_SECRET_BYTES = 32
 SCOPE = "scope"  # opt key: the token scope a route requires
 RATE_LIMITED = "rate_limited"  # opt key: the route spends the per-client send budget
@@ -29,10 +37,27 @@ class InsecureSecretError(RelayboxError):
 
 @dataclass(frozen=True)
 class Client:
-    """The authenticated caller: the token's subject and its scopes."""
+    """The authenticated caller: the token's subject, the tenant whose rows it may see and
+    change, and its scopes. An `admin` sees every tenant's rows."""
 
     id: str
     scopes: frozenset[str]
+    tenant: str
+
+    @property
+    def admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes
+
+    @property
+    def tenant_filter(self) -> str | None:
+        """The tenant the caller's reads are limited to; None for an admin (every tenant)."""
+        return None if self.admin else self.tenant
+
+
+def owned_by(column: InstrumentedAttribute[str], client: Client) -> ColumnElement[bool]:
+    """The SQL condition "this row is the caller's to see": its tenant's, or any for an admin.
+    Another tenant's row then reads as missing (404), never as forbidden."""
+    return true() if client.admin else column == client.tenant
 
 
 def check_secret(settings: ApiSettings) -> None:
@@ -56,14 +81,26 @@ def check_secret(settings: ApiSettings) -> None:
         )
 
 
-async def _retrieve_client(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
-    """The caller; `scopes` is a list of strings or one space-separated string (else a 401)."""
-    scopes = token.extras.get("scopes", [])
-    if isinstance(scopes, str):
-        scopes = scopes.split()
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise NotAuthorizedException("Invalid token: 'scopes' must be a list of strings")
-    return Client(id=token.sub, scopes=frozenset(scopes))
+def client_retriever(
+    tenant_claim: str,
+) -> Callable[[Token, ASGIConnection[Any, Any, Any, Any]], Awaitable[Client]]:
+    """Litestar's `retrieve_user_handler`: the caller of a verified token (else a 401)."""
+
+    async def retrieve(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
+        scopes = token.extras.get("scopes", [])
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise NotAuthorizedException("Invalid token: 'scopes' must be a list of strings")
+        tenant = token.sub if tenant_claim == "sub" else token.extras.get(tenant_claim)
+        if not isinstance(tenant, str) or not 0 < len(tenant) <= MAX_TENANT:
+            raise NotAuthorizedException(
+                f"Invalid token: the tenant claim {tenant_claim!r} must be a string of 1 to "
+                f"{MAX_TENANT} characters"
+            )
+        return Client(id=token.sub, scopes=frozenset(scopes), tenant=tenant)
+
+    return retrieve
 
 
 class CachingJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
@@ -99,7 +136,7 @@ def jwt_auth(settings: ApiSettings) -> JWTAuth[Client, Token]:
     """Litestar's JWT middleware config; public paths and webhooks are excluded."""
     return JWTAuth[Client, Token](
         token_secret=settings.auth.jwt_secret,
-        retrieve_user_handler=_retrieve_client,
+        retrieve_user_handler=client_retriever(settings.auth.tenant_claim),
         algorithm="HS256",
         exclude=[f"^{p}" for p in PUBLIC_PATHS],
         exclude_opt_key="public",
@@ -122,13 +159,18 @@ def issue_token(
     subject: str,
     scopes: tuple[str, ...] = ALL_SCOPES,
     ttl_s: int | None = None,
+    tenant: str | None = None,
 ) -> str:
-    """A signed HS256 token (for `make run`'s dev token and for tests)."""
+    """A signed HS256 token (for `make run`'s dev token and for tests). `tenant` goes into the
+    configured tenant claim (unless that claim is `sub`, the subject)."""
     now = datetime.now(UTC)
-    claims = {
+    claims: dict[str, Any] = {
         "sub": subject,
         "iat": int(now.timestamp()),
         "exp": int((now + timedelta(seconds=ttl_s or settings.auth.token_ttl_s)).timestamp()),
         "scopes": list(scopes),
     }
+    claim = settings.auth.tenant_claim
+    if claim != "sub":
+        claims[claim] = tenant or subject
     return jwt.encode(claims, settings.auth.jwt_secret, algorithm="HS256")

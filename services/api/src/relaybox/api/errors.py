@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -14,7 +15,12 @@ from litestar.exceptions import (
 )
 from litestar.plugins.problem_details import ProblemDetailsException
 
+from relaybox.api.middleware import request_id_of
+from relaybox.common.db.errors import database_outage
 from relaybox.common.errors import RelayboxError
+
+log = logging.getLogger("relaybox.api.errors")
+OUTAGE_RETRY_AFTER_S = 5
 
 # Litestar's own wording is the bare status phrase for these; say what to do instead.
 _DEFAULT_DETAILS = {
@@ -42,6 +48,11 @@ class ApiError(RelayboxError):
 class NotFoundError(ApiError):
     status_code = 404
     title = "Not Found"
+
+    @classmethod
+    def of(cls, kind: str, row_id: object) -> NotFoundError:
+        """`no <kind> with id <id>`: also what another tenant's row reads as."""
+        return cls(f"no {kind} with id {row_id}")
 
 
 class ConflictError(ApiError):
@@ -108,8 +119,33 @@ def http_problem(exc: HTTPException) -> ProblemDetailsException:
     )
 
 
-def internal_error(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
-    """A 5xx is a bug: problem details that reveal nothing of the exception (may hold secrets)."""
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A 5xx. The database out of reach is a 503 with Retry-After (the request can be repeated:
+    nothing was committed). Anything else is a bug: logged once with its traceback, the request
+    id, method and route. Either answer is problem details that reveal nothing of the exception
+    (it may hold secrets)."""
+    scope = request.scope
+    if database_outage(exc):
+        log.warning(
+            "database unavailable",
+            extra={"request_id": request_id_of(scope), "error": type(exc).__name__},
+        )
+        return ProblemDetailsException(
+            status_code=503,
+            title=HTTPStatus.SERVICE_UNAVAILABLE.phrase,
+            detail="the database is unavailable; retry after the seconds in Retry-After",
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+        ).to_response(request)
+    log.error(
+        "unhandled exception",
+        exc_info=exc,
+        extra={
+            "request_id": request_id_of(scope),
+            "method": scope.get("method"),
+            "route": scope.get("path_template", scope.get("path")),
+            "path": scope.get("path"),
+        },
+    )
     return ProblemDetailsException(
         status_code=500,
         title=HTTPStatus.INTERNAL_SERVER_ERROR.phrase,

@@ -10,16 +10,30 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
+import msgspec
+from litestar.params import HeaderParameter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.errors import ApiError, ConflictError, UnprocessableError
 
 HEADER = "Idempotency-Key"
-_VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # 1-255 visible ASCII characters
+_VALID_KEY = re.compile(KEY_PATTERN)
+# The header as a handler parameter; `validate_key` checks it (with a clearer answer than
+# Litestar's), the document states the same pattern.
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=HEADER,
+        required=False,
+        description="the same key with the same body answers the stored response (24 h)",
+        schema_extra={"pattern": KEY_PATTERN},
+    ),
+]
 _FIND_SQL = (
     "SELECT request_hash, status_code, response FROM idempotency_keys "
     "WHERE client_id = :c AND scope = :s AND key = :k "
@@ -34,8 +48,16 @@ _FIND_SQL_DRIVER = (  # the same with the driver's placeholders
 
 @dataclass(frozen=True)
 class StoredResponse:
+    """An answer as it is stored (and replayed) under an Idempotency-Key: its status and body."""
+
     status_code: int
     body: dict[str, Any]
+
+    @classmethod
+    def of(cls, status_code: int, answer: msgspec.Struct) -> StoredResponse:
+        """`answer` encoded as every other response is (camelCase, ISO timestamps)."""
+        body: dict[str, Any] = msgspec.to_builtins(answer)
+        return cls(status_code, body)
 
 
 def request_hash(body: Any) -> str:
@@ -47,7 +69,7 @@ def request_hash(body: Any) -> str:
 def validate_key(key: str | None) -> str | None:
     if key is None:
         return None
-    if not _VALID_KEY.match(key):
+    if not _VALID_KEY.fullmatch(key):
         raise ApiError(f"{HEADER} must be 1-255 visible ASCII characters", field=HEADER)
     return key
 

@@ -44,7 +44,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Headers = list[tuple[bytes, bytes]]
 
 
-def _request_id(scope: Scope, incoming: bytes | None = None) -> str:
+def request_id_of(scope: Scope, incoming: bytes | None = None) -> str:
     """The caller's well-formed X-Request-ID, else a new one; the same one for the whole request."""
     state = scope.setdefault("state", {})
     if (known := state.get(_STATE_KEY)) is not None:
@@ -71,7 +71,7 @@ async def echo_request_id(message: Message, scope: Scope) -> None:
         return
     headers = list(message.get("headers", []))
     if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
-        headers.append((REQUEST_ID_HEADER, _request_id(scope).encode()))
+        headers.append((REQUEST_ID_HEADER, request_id_of(scope).encode()))
         message["headers"] = headers
 
 
@@ -99,7 +99,7 @@ def edge_middleware(*, trace_context: bool) -> Callable[[ASGIApp], ASGIApp]:
                     incoming_id = value
                 elif name in TRACE_HEADERS:
                     carrier[name.decode()] = value.decode("latin-1")
-            request_id = _request_id(scope, incoming_id)
+            request_id = request_id_of(scope, incoming_id)
             token = request_id_var.set(request_id)
             trace_token = otel_context.attach(request_context(carrier)) if trace_context else None
             method: str = scope["method"]

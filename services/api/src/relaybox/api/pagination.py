@@ -1,4 +1,5 @@
-"""Opaque keyset cursors: base64url of the last row's (created_at, id)."""
+"""Opaque keyset cursors, one codec for every list: base64url of the last row's position (its
+sort key and id, e.g. `(created_at, id)`, or a single number such as a recipient id)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,47 @@ from datetime import datetime
 
 from relaybox.api.errors import ApiError
 
+Position = datetime | uuid.UUID | int
 
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(row_id)], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+def encode_cursor(*position: Position) -> str:
+    """The cursor of the page that follows the row at `position`."""
+    values = [v.isoformat() if isinstance(v, datetime) else v for v in position]
+    raw = json.dumps(
+        [str(v) if isinstance(v, uuid.UUID) else v for v in values], separators=(",", ":")
+    )
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _malformed() -> ApiError:
+    return ApiError(
+        "cursor is malformed; pass back the nextCursor of a previous page", field="cursor"
+    )
+
+
+def _decoded(cursor: str, size: int) -> list[object]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (ValueError, binascii.Error):
+        raise _malformed() from None
+    if not isinstance(values, list) or len(values) != size:
+        raise _malformed()
+    return values
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor points after; a 400 naming `cursor` if it is not one of ours."""
+    """The (created_at, id) a cursor points after; a 400 naming `cursor` if it is not ours."""
+    created_at, row_id = _decoded(cursor, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, row_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(row_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise ApiError(
-            "cursor is malformed; pass back the nextCursor of a previous page", field="cursor"
-        ) from None
+        return datetime.fromisoformat(str(created_at)), uuid.UUID(str(row_id))
+    except ValueError:
+        raise _malformed() from None
+
+
+def decode_position(cursor: str) -> int:
+    """The row position (an id, a row number) a cursor points after; a 400 if it is not ours."""
+    (position,) = _decoded(cursor, 1)
+    if isinstance(position, int) and not isinstance(position, bool):
+        return position
+    raise _malformed()

@@ -6,17 +6,25 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 from relaybox.common.settings import HttpServerSettings, ServiceSettings, WebhookRetention
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 # Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
 PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
 
 
 class AuthSettings(BaseModel):
-    """Bearer JWT (HS256)."""
+    """Bearer JWT (HS256), and which claim names the caller's tenant."""
 
     jwt_secret: str = PLACEHOLDER_SECRET
     token_ttl_s: int = Field(default=86_400, gt=0, description="lifetime of tokens made by `token`")
+    tenant_claim: str = Field(
+        default="sub",
+        min_length=1,
+        description="the claim naming the tenant that owns the caller's rows (`sub`: each "
+        "subject is its own tenant; e.g. `org` for users sharing an organisation's rows)",
+    )
 
 
 class RateLimitSettings(BaseModel):
@@ -36,7 +44,6 @@ class TracingSettings(BaseModel):
 
 
 # The mock-meta service signs its webhooks with the same development default.
-DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105
 DEV_VERIFY_TOKEN = "dev-mock-meta-verify-token"  # noqa: S105
 
 
@@ -52,6 +59,13 @@ class MetaGatewaySettings(BaseModel):
     )
     verify_token: str = Field(
         default=DEV_VERIFY_TOKEN, min_length=1, description="hub.verify_token of the handshake"
+    )
+    tenant: str = Field(
+        default="dev",
+        min_length=1,
+        max_length=255,
+        description="the tenant that owns the gateway's provider account: inbound messages land "
+        "in its inbox, and only it (or an admin) sends through the account",
     )
 
     @field_validator("webhook_secret")
@@ -72,7 +86,6 @@ class MetaGatewaySettings(BaseModel):
 MIB = 1024 * 1024
 DEFAULT_MAILING_SUBJECT = "Complete your registration"
 DEFAULT_MAILING_BODY = "Thank you for signing up. Please verify your token {token} to continue."
-TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 (the template placeholder, not a secret)
 
 
 class MailingSettings(BaseModel):
@@ -111,6 +124,9 @@ class ApiSettings(ServiceSettings, WebhookRetention):
     tracing: TracingSettings = TracingSettings()
     idempotency_ttl_h: int = Field(default=24, ge=1)
     email_from: str = Field(default="relaybox@localhost", description="default From address")
+    max_body_bytes: int = Field(
+        default=MIB, ge=1024, description="largest request body outside uploads (413 beyond)"
+    )
     meta: MetaGatewaySettings = MetaGatewaySettings()
     mailings: MailingSettings = MailingSettings()
 

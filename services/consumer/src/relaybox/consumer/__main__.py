@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
-from relaybox.consumer.service import serve
+from relaybox.consumer.runner import serve
 from relaybox.consumer.settings import ConsumerSettings
 
 

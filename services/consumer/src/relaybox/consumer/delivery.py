@@ -48,13 +48,19 @@ def _statements(t: str) -> dict[str, str]:
         "sent": f"""
             UPDATE {t}
             SET status = 'SENT', sent_at = now(), updated_at = now(), lease_until = NULL,
-                provider_message_id = $2::text, last_error = NULL
+                provider_message_id = left($2::text, 255), last_error = NULL
             WHERE id = $1::uuid AND status IN ('PENDING', 'SENDING')
             RETURNING 1 AS moved""",  # noqa: S608
         "release": f"""
             UPDATE {t}
-            SET status = 'PENDING', last_error = $3::text, lease_until = NULL,
-                updated_at = now(), attempts = attempts - $4::int
+            SET status = 'PENDING', last_error = coalesce($3::text, last_error),
+                lease_until = NULL, updated_at = now(),
+                attempts = attempts - $4::int, throttled = throttled + $5::int
+            WHERE id = $1::uuid AND status = 'SENDING' AND attempts = $2::int
+            RETURNING 1 AS moved""",  # noqa: S608
+        "renew": f"""
+            UPDATE {t}
+            SET lease_until = now() + make_interval(secs => $3::float8), updated_at = now()
             WHERE id = $1::uuid AND status = 'SENDING' AND attempts = $2::int
             RETURNING 1 AS moved""",  # noqa: S608
         "failed": f"""
@@ -92,19 +98,32 @@ class DeliveryTable:
         row = await _fetchrow(db, self._statement("peek"), row_id)
         return Peek(row["status"], row["lease_left_s"]) if row else None
 
-    async def mark_sent(self, db: Db, row_id: Any, provider_id: str) -> bool:
-        """→ SENT (from PENDING or SENDING only: never downgrades a later status)."""
+    async def mark_sent(self, db: Db, row_id: Any, provider_id: str | None) -> bool:
+        """→ SENT (from PENDING or SENDING only: never downgrades a later status). The provider
+        id is kept when the provider gave one (its first 255 characters)."""
         return await _fetchrow(db, self._statement("sent"), row_id, provider_id) is not None
 
     async def release_for_retry(
-        self, db: Db, row_id: Any, attempts: int, error: str, *, refund: bool = False
+        self, db: Db, row_id: Any, attempts: int, error: str, *, throttled: bool = False
     ) -> bool:
         """SENDING → PENDING with the error, only if our claim (attempt number) still holds.
 
-        `refund` gives the attempt back (a provider's 429 is flow control, not a failure).
+        `throttled` counts the attempt as a provider's 429: shown in the attempts, but not one
+        of the RELAYBOX_MAX_ATTEMPTS (flow control, not a failure).
         """
-        args = (row_id, attempts, error, int(refund))
+        args = (row_id, attempts, error, 0, int(throttled))
         return await _fetchrow(db, self._statement("release"), *args) is not None
+
+    async def unclaim(self, db: Db, row_id: Any, attempts: int) -> bool:
+        """SENDING → PENDING before the provider was called (a stopping consumer): the attempt
+        did not happen, so it is given back; only if our claim still holds."""
+        args = (row_id, attempts, None, 1, 0)
+        return await _fetchrow(db, self._statement("release"), *args) is not None
+
+    async def renew(self, db: Db, row_id: Any, attempts: int, lease_s: float) -> bool:
+        """Extend our claim's lease to `lease_s` from now; False when the claim was lost."""
+        args = (row_id, attempts, lease_s)
+        return await _fetchrow(db, self._statement("renew"), *args) is not None
 
     async def mark_failed(self, db: Db, row_id: Any, error: str) -> bool:
         """→ FAILED with failed_at and the error (from PENDING or SENDING only)."""

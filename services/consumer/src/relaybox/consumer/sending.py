@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -18,21 +19,25 @@ from tenacity import (
     wait_exponential,
 )
 
+from relaybox.common.db.errors import database_outage
 from relaybox.common.db.session import connection, run_on_driver
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
-from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
-from relaybox.common.ratelimit import RateLimiter, Slot
 from relaybox.consumer import metrics
 from relaybox.consumer.delivery import DeliveryTable
-from relaybox.consumer.errors import PoisonMessageError
+from relaybox.consumer.errors import GiveBackError, PoisonMessageError, SendNotRecordedError
+from relaybox.consumer.providers.base import PermanentError, RateLimitedError, RetryableError
+from relaybox.consumer.ratelimit import LimiterClosedError, RateLimiter, Slot
 from relaybox.consumer.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TRANSIENT_DB = (OSError, ConnectionError, OperationalError, DBAPIError, asyncpg.PostgresError)
+LEASE_RENEW_AFTER_S = 1.0
+"""A slot wait this much longer than the claim's lease planned for renews the lease."""
+RECORD_RETRY_S = 5.0
 CARRIED_HEADERS = ("traceparent", "tracestate", "x-correlation-id")
 
 
@@ -69,12 +74,19 @@ class SendingHandler(ABC):
         self._sent_in_one_statement = type(self).after_sent is SendingHandler.after_sent
 
     @abstractmethod
-    async def send(self, row: dict[str, Any]) -> str:
-        """Call the provider once for a claimed row; return the provider's id."""
+    async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        """Call the provider once for a claimed row (`payload`: its message's, for what travels
+        only there); return the provider's id (None if it gave none). Returns normally exactly
+        when the provider accepted the send."""
 
     async def prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Whatever must happen before a send can start at once (authenticating, ...): done
         before a rate-limit slot is booked, so that it never delays the request past its slot."""
+
+    async def stop(self) -> None:
+        """The worker stops taking messages: book no more slots; give back the spare ones."""
+        if self.limiter is not None:
+            await self.limiter.close()
 
     def row_id(self, payload: dict[str, Any]) -> Any:
         """The row a message points at."""
@@ -84,7 +96,7 @@ class SendingHandler(ABC):
             raise PoisonMessageError("message has no 'id'") from None
 
     async def after_sent(  # noqa: B027 - an optional hook, empty by default
-        self, conn: AsyncConnection, row_id: Any, provider_id: str
+        self, conn: AsyncConnection, row_id: Any, provider_id: str | None
     ) -> None:
         """Extra work in the transaction that records SENT (none by default)."""
 
@@ -98,17 +110,38 @@ class SendingHandler(ABC):
         await self.prepare()
         # Book a global slot first and claim for the wait plus the lease, then sleep until the
         # slot: only the provider call sits between the slot and the request reaching it.
-        slot = await self.limiter.reserve() if self.limiter is not None else Slot()
-        lease_s = self.settings.lease_s + slot.wait_s
-        row = await self.in_statement(lambda c: self.table.claim(c, row_id, lease_s))
+        slot = await self._reserve()
+        planned_wait = slot.wait_s if slot is not None else 0.0
+        try:
+            row = await self.in_statement(
+                lambda c: self.table.claim(c, row_id, self.settings.lease_s + planned_wait)
+            )
+        except BaseException:
+            self._release(slot)
+            raise
         if row is None:
+            self._release(slot)
             return await self._not_claimed(row_id, payload, headers)
-        if self.limiter is not None:
-            await self.limiter.wait(slot)
+        if not await self._until_slot(row, slot, planned_wait):
+            return "duplicate"  # the lease ran out while waiting and another consumer took over
         failpoint(f"{self.route}.after_claim", self.settings.faults)
+        outcome = asyncio.ensure_future(self._send_and_record(row, payload, headers))
+        try:
+            return await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            # A stopping worker: a call under way is finished and its outcome recorded, never
+            # abandoned (abandoned, it would be sent again once the lease ran out).
+            await outcome
+            raise
+
+    async def _send_and_record(
+        self, row: dict[str, Any], payload: dict[str, Any], headers: dict[str, Any]
+    ) -> str:
+        """Call the provider once and record what it answered."""
+        row_id = row["id"]
         started = time.perf_counter()
         try:
-            provider_id = await self.send(row)
+            provider_id = await self.send(row, payload)
         except RetryableError as exc:
             self._observe(started, "retryable")
             if self.limiter is not None and exc.retry_after:
@@ -120,20 +153,99 @@ class SendingHandler(ABC):
             await self.in_statement(lambda c: self.table.mark_failed(c, row_id, error))
             metrics.ATTEMPTS.labels(self.route, "FAILED").observe(row["attempts"])
             return "failed"
-        self._observe(started, "accepted")
-        failpoint(f"{self.route}.after_send", self.settings.faults)
-
-        if self._sent_in_one_statement:
-            await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
-        else:
-
-            async def record(conn: AsyncConnection) -> None:
-                if await self.table.mark_sent(conn, row_id, provider_id):
-                    await self.after_sent(conn, row_id, provider_id)
-
-            await self.in_tx(record)
+        # The provider accepted: from here on nothing may give the message back (a redelivery
+        # would send it again). Whatever goes wrong, the send is recorded.
+        try:
+            self._observe(started, "accepted")
+            failpoint(f"{self.route}.after_send", self.settings.faults)
+            await self._record_sent(row_id, provider_id)
+        except Exception:
+            log.exception(
+                "recording an accepted send failed; recording SENT alone",
+                extra={"route": self.route, "id": str(row_id)},
+            )
+            await self._record_sent_alone(row_id, provider_id)
         metrics.ATTEMPTS.labels(self.route, "SENT").observe(row["attempts"])
         return "sent"
+
+    async def _reserve(self) -> Slot | None:
+        """A rate-limit slot, or None without a limiter; a stopping limiter gives the message
+        back untouched."""
+        if self.limiter is None:
+            return None
+        try:
+            return await self.limiter.reserve()
+        except LimiterClosedError:
+            raise GiveBackError("the consumer is stopping") from None
+
+    def _release(self, slot: Slot | None) -> None:
+        if slot is not None and self.limiter is not None:
+            self.limiter.release(slot)
+
+    async def _until_slot(self, row: dict[str, Any], slot: Slot | None, planned: float) -> bool:
+        """Wait for the slot (a pause or a late wake-up can make it longer than planned; the
+        lease is then renewed). False if the claim was lost meanwhile; interrupted (a stopping
+        consumer), the claim is given back before the error goes on."""
+        if slot is None or self.limiter is None:
+            return True
+        row_id, attempts = row["id"], row["attempts"]
+        try:
+            waited = await self.limiter.wait(slot)
+            if waited > planned + LEASE_RENEW_AFTER_S:
+                lease_s = self.settings.lease_s
+                return bool(
+                    await self.in_statement(
+                        lambda c: self.table.renew(c, row_id, attempts, lease_s)
+                    )
+                )
+        except asyncio.CancelledError:  # the drain's grace ran out: the worker requeues it
+            await self.in_statement(lambda c: self.table.unclaim(c, row_id, attempts))
+            raise
+        except LimiterClosedError:
+            await self.in_statement(lambda c: self.table.unclaim(c, row_id, attempts))
+            raise GiveBackError("the consumer is stopping") from None
+        return True
+
+    async def _record_sent(self, row_id: Any, provider_id: str | None) -> None:
+        """SENT with the provider's id, and the handler's `after_sent` work in the same
+        transaction."""
+        if self._sent_in_one_statement:
+            await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
+            return
+
+        async def record(conn: AsyncConnection) -> None:
+            if await self.table.mark_sent(conn, row_id, provider_id):
+                await self.after_sent(conn, row_id, provider_id)
+
+        await self.in_tx(record)
+
+    async def _record_sent_alone(self, row_id: Any, provider_id: str | None) -> None:
+        """SENT by itself, for when recording it with the rest failed: through any database
+        outage (the lease keeps other consumers off the row meanwhile), and without the
+        provider's id if even that is refused."""
+        for kept_id in (provider_id, None):
+            if await self._mark_sent_through_outages(row_id, kept_id):
+                return
+        raise SendNotRecordedError(f"{self.table.table} row {row_id} was sent but not recorded")
+
+    async def _mark_sent_through_outages(self, row_id: Any, provider_id: str | None) -> bool:
+        """SENT, tried until the database answers; False if it refuses the statement."""
+        while True:
+            try:
+                await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
+            except Exception as exc:
+                if not database_outage(exc):
+                    log.exception(
+                        "recording SENT failed", extra={"route": self.route, "id": str(row_id)}
+                    )
+                    return False
+                log.warning(
+                    "database unavailable; still recording an accepted send",
+                    extra={"route": self.route, "id": str(row_id)},
+                )
+                await asyncio.sleep(RECORD_RETRY_S)
+            else:
+                return True
 
     async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
@@ -200,17 +312,19 @@ class SendingHandler(ABC):
         attempts: int = row["attempts"]
         error = str(exc)
         rate_limited = isinstance(exc, RateLimitedError)
-        if attempts >= self.settings.max_attempts and not rate_limited:
+        # 429s are shown among the attempts but do not use up the budget (flow control).
+        counted = attempts - row["throttled"]
+        if counted >= self.settings.max_attempts and not rate_limited:
             dead = self.dead_letter_payload(payload)
             await self.in_tx(lambda c: self._dead_letter(c, row["id"], dead, headers, error))
             metrics.DEAD_LETTERED.labels(self.route).inc()
             metrics.ATTEMPTS.labels(self.route, "FAILED").observe(attempts)
             return "dead_lettered"
-        delay = self.topology.retry_delay_for(attempts, retry_after_s=exc.retry_after)
+        delay = self.topology.retry_delay_for(max(counted, 1), retry_after_s=exc.retry_after)
 
         async def retry(conn: AsyncConnection) -> None:
             if await self.table.release_for_retry(
-                conn, row["id"], attempts, error, refund=rate_limited
+                conn, row["id"], attempts, error, throttled=rate_limited
             ):
                 await enqueue(
                     conn,

@@ -7,15 +7,15 @@ from typing import Literal
 from pydantic import Field
 
 from relaybox.common.faults import FaultSettings
-from relaybox.common.providers.email_api import EmailApiSettings
-from relaybox.common.providers.meta import MetaProviderSettings
 from relaybox.common.settings import (
     HttpServerSettings,
     ServiceSettings,
-    SmtpSettings,
     WebhookRetention,
 )
 from relaybox.consumer.mailings.ingest import MailingParseSettings
+from relaybox.consumer.providers.email_api import EmailApiSettings
+from relaybox.consumer.providers.meta import MetaProviderSettings
+from relaybox.consumer.providers.smtp import SmtpSettings
 
 
 class ConsumerSettings(ServiceSettings, WebhookRetention):

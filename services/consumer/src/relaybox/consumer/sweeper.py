@@ -15,6 +15,7 @@ from prometheus_client import Counter
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.mailings.rules import UNPARSED_SQL
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue
 from relaybox.consumer.delivery import DeliveryTable
@@ -26,11 +27,11 @@ REQUEUED = Counter("relaybox_sweeper_requeued_total", "Stuck rows re-enqueued", 
 # to the DLQ (a consumer killed with it more often than the delivery limit allows) or never
 # came. Parsing is idempotent, so a second message for a parse that was merely slow is harmless.
 STALE_PARSES = text(
-    """
+    f"""
     UPDATE mailings AS m SET updated_at = now()
     FROM (
         SELECT id FROM mailings
-        WHERE (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+        WHERE {UNPARSED_SQL}
           AND updated_at < now() - make_interval(secs => :stale)
         ORDER BY updated_at
         LIMIT :limit
@@ -38,7 +39,7 @@ STALE_PARSES = text(
     ) AS stale
     WHERE m.id = stale.id
     RETURNING m.id::text
-    """
+    """  # noqa: S608 - constants of the code
 )
 PURGED = Counter(
     "relaybox_sweeper_purged_total",

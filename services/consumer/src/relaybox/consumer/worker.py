@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.messaging.broker import connect
 from relaybox.common.messaging.topology import Topology, message_count
 from relaybox.consumer import metrics
-from relaybox.consumer.errors import PoisonMessageError
+from relaybox.consumer.errors import GiveBackError, PoisonMessageError
 from relaybox.consumer.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ class Handler(Protocol):
     route: str
 
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str: ...
+
+    async def stop(self) -> None:
+        """The worker takes no more messages (in-flight ones go on)."""
+        ...
 
 
 class Worker:
@@ -80,6 +84,11 @@ class Worker:
                 await self._queues[route].cancel(tag)
         self._tags.clear()
         self._stopped.set()
+        for handler in self.handlers.values():
+            try:
+                await handler.stop()
+            except Exception:
+                log.exception("handler failed to stop cleanly", extra={"route": handler.route})
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Wait for in-flight messages; past the grace period cancel them (they get redelivered)."""
@@ -165,8 +174,13 @@ class Worker:
             with tracer.start_as_current_span(
                 f"consume {route}", context=context, kind=trace.SpanKind.CONSUMER
             ):
-                outcome = await self._dispatch(route, message.body, headers)
+                outcome = await self._run_handler(route, message.body, headers)
             await message.ack()
+        except GiveBackError as exc:
+            log.info("message given back", extra={"route": route, "reason": str(exc)})
+            outcome = "given_back"
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
         except PoisonMessageError as exc:
             log.error("poison message dead-lettered", extra={"route": route, "error": str(exc)})
             outcome = "poison"
@@ -185,7 +199,7 @@ class Worker:
             metrics.IN_FLIGHT.dec()
         metrics.OUTCOMES.labels(route, outcome).inc()
 
-    async def _dispatch(self, route: str, body: bytes, headers: dict[str, Any]) -> str:
+    async def _run_handler(self, route: str, body: bytes, headers: dict[str, Any]) -> str:
         handler = self.handlers.get(route)
         if handler is None:
             raise PoisonMessageError(f"no handler for routing key {route!r}")

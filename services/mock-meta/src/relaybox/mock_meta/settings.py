@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from relaybox.common.settings import HttpServerSettings, ServiceSettings
+from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
-DEV_WEBHOOK_SECRET = "dev-mock-meta-webhook-secret"  # noqa: S105 - development default only
 DEV_EMAIL_API_USERNAME = "relaybox"
 DEV_EMAIL_API_PASSWORD = "dev-email-api-password"  # noqa: S105 - development default only
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relaybox.common import runtime
 from relaybox.common.observability.logging import configure_logging
-from relaybox.publisher.service import serve
+from relaybox.publisher.runner import serve
 from relaybox.publisher.settings import PublisherSettings
 
 

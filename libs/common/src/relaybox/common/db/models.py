@@ -64,7 +64,7 @@ class Email(Base):
     __tablename__ = "emails"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
-    client_id: Mapped[str] = mapped_column(String(255))
+    tenant_id: Mapped[str] = mapped_column(String(255))
     to_address: Mapped[str] = mapped_column(String(320))
     from_address: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(255))
@@ -72,6 +72,7 @@ class Email(Base):
     html_body: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    throttled: Mapped[int] = mapped_column(Integer, server_default="0")  # 429s among attempts
     last_error: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None]
     provider_message_id: Mapped[str | None] = mapped_column(String(255))
@@ -83,6 +84,7 @@ class Email(Base):
     __table_args__ = (
         CheckConstraint("status IN ('PENDING', 'SENDING', 'SENT', 'FAILED')", name="status_known"),
         Index("ix_emails_created_at_id", "created_at", "id"),
+        Index("ix_emails_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_emails_status_created_at", "status", "created_at"),
     )
 
@@ -104,11 +106,12 @@ class IdempotencyKey(Base):
 
 
 class Conversation(Base):
-    """A customer thread on one channel; one per (channel, participant)."""
+    """A customer thread on one channel; one per (tenant, channel, participant)."""
 
     __tablename__ = "conversations"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(255))
     channel: Mapped[str] = mapped_column(String(16))
     participant_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(8), server_default="open")
@@ -121,11 +124,14 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
-        UniqueConstraint("channel", "participant_id"),
+        UniqueConstraint("tenant_id", "channel", "participant_id"),
         CheckConstraint("channel IN ('whatsapp', 'instagram')", name="channel_known"),
         CheckConstraint("status IN ('open', 'closed')", name="status_known"),
         CheckConstraint("unread_count >= 0", name="unread_not_negative"),
         Index("ix_conversations_last_message_at_id", "last_message_at", "id"),
+        Index(
+            "ix_conversations_tenant_id_last_message_at_id", "tenant_id", "last_message_at", "id"
+        ),
     )
 
 
@@ -136,6 +142,7 @@ class Message(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     conversation_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("conversations.id"))
+    tenant_id: Mapped[str] = mapped_column(String(255))  # the conversation's
     direction: Mapped[str] = mapped_column(String(8))
     channel: Mapped[str] = mapped_column(String(16))
     participant_id: Mapped[str] = mapped_column(String(255))
@@ -146,6 +153,7 @@ class Message(Base):
     provider_event_id: Mapped[str | None] = mapped_column(String(255))
     sort_at: Mapped[datetime] = mapped_column(server_default=func.now())
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    throttled: Mapped[int] = mapped_column(Integer, server_default="0")  # 429s among attempts
     last_error: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -156,7 +164,7 @@ class Message(Base):
     failed_at: Mapped[datetime | None]
 
     __table_args__ = (
-        UniqueConstraint("channel", "client_message_id"),
+        UniqueConstraint("tenant_id", "channel", "client_message_id"),
         CheckConstraint("direction IN ('inbound', 'outbound')", name="direction_known"),
         CheckConstraint(
             "status IN ('RECEIVED', 'PENDING', 'SENDING', 'SENT', 'DELIVERED', 'READ', 'FAILED')",
@@ -215,7 +223,7 @@ class Mailing(Base):
     __tablename__ = "mailings"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
-    client_id: Mapped[str] = mapped_column(String(255))
+    tenant_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), server_default="PARSING")
     subject: Mapped[str] = mapped_column(String(255))
     body_template: Mapped[str] = mapped_column(Text)
@@ -239,7 +247,7 @@ class Mailing(Base):
             name="status_known",
         ),
         Index(
-            "ix_mailings_client_id_file_sha256_created_at", "client_id", "file_sha256", "created_at"
+            "ix_mailings_tenant_id_file_sha256_created_at", "tenant_id", "file_sha256", "created_at"
         ),
         Index("ix_mailings_status_id", "status", "id"),
     )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaybox.api.auth import requires
+from relaybox.api.auth import Client, requires
 from relaybox.api.conversations import service
 from relaybox.api.conversations.schemas import (
     ConversationDetail,
@@ -39,6 +40,7 @@ class ConversationController(Controller):
     )
     async def list_all(
         self,
+        request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
         page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
@@ -55,7 +57,7 @@ class ConversationController(Controller):
             archived=archived,
             include_archived=include_archived,
         )
-        return await service.list_conversations(db_session, query)
+        return await service.list_conversations(db_session, request.user, query)
 
     @get(
         "/{conversation_id:uuid}",
@@ -64,12 +66,15 @@ class ConversationController(Controller):
     )
     async def get_one(
         self,
+        request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
         conversation_id: FromPath[uuid.UUID],
         page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
     ) -> ConversationDetail:
-        return await service.get_conversation(db_session, conversation_id, page=page, limit=limit)
+        return await service.get_conversation(
+            db_session, request.user, conversation_id, page=page, limit=limit
+        )
 
     @post(
         "/{conversation_id:uuid}/read",
@@ -78,30 +83,45 @@ class ConversationController(Controller):
         summary="Mark read: unreadCount = 0, lastReadAt = now",
     )
     async def read(
-        self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
     ) -> ConversationItem:
-        return await service.mark_read(db_session, conversation_id)
+        return await service.mark_read(db_session, request.user, conversation_id)
 
     @post("/{conversation_id:uuid}/archive", opt=WRITE, status_code=200, summary="Archive")
     async def archive(
-        self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
     ) -> ConversationItem:
-        return await service.set_archived(db_session, conversation_id, archived=True)
+        return await service.set_archived(db_session, request.user, conversation_id, archived=True)
 
     @post("/{conversation_id:uuid}/unarchive", opt=WRITE, status_code=200, summary="Unarchive")
     async def unarchive(
-        self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
     ) -> ConversationItem:
-        return await service.set_archived(db_session, conversation_id, archived=False)
+        return await service.set_archived(db_session, request.user, conversation_id, archived=False)
 
     @post("/{conversation_id:uuid}/close", opt=WRITE, status_code=200, summary="Close")
     async def close(
-        self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
     ) -> ConversationItem:
-        return await service.set_status(db_session, conversation_id, "closed")
+        return await service.set_status(db_session, request.user, conversation_id, "closed")
 
     @post("/{conversation_id:uuid}/reopen", opt=WRITE, status_code=200, summary="Reopen")
     async def reopen(
-        self, db_session: NamedDependency[AsyncSession], conversation_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
     ) -> ConversationItem:
-        return await service.set_status(db_session, conversation_id, "open")
+        return await service.set_status(db_session, request.user, conversation_id, "open")

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relaybox.api.auth import Client, owned_by
 from relaybox.api.conversations.schemas import (
     ConversationDetail,
     ConversationItem,
@@ -29,9 +30,9 @@ def preview(text: str) -> str:
 
 
 def upsert_sql(*, row: str, inbound: bool, source: str = "") -> str:
-    """The rule every new message applies to its (channel, participant) conversation, as one
-    `INSERT … ON CONFLICT DO UPDATE … RETURNING c.id` (the row stays locked until the
-    transaction ends). `row` is the SELECT list of the new conversation: id, channel,
+    """The rule every new message applies to its (tenant, channel, participant) conversation, as
+    one `INSERT … ON CONFLICT DO UPDATE … RETURNING c.id` (the row stays locked until the
+    transaction ends). `row` is the SELECT list of the new conversation: id, tenant, channel,
     participant id, the message's time and its preview; `source` what it selects from, if
     anything (`FROM …`).
 
@@ -49,9 +50,10 @@ def upsert_sql(*, row: str, inbound: bool, source: str = "") -> str:
         else ""
     )
     return f"""INSERT INTO conversations AS c
-        (unread_count, id, channel, participant_id, last_message_at, last_message_preview)
+        (unread_count, id, tenant_id, channel, participant_id, last_message_at,
+         last_message_preview)
     SELECT {1 if inbound else 0}, {row} {source}
-    ON CONFLICT (channel, participant_id) DO UPDATE SET
+    ON CONFLICT (tenant_id, channel, participant_id) DO UPDATE SET
         last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at),
         last_message_preview = CASE
             WHEN c.last_message_at IS NULL OR EXCLUDED.last_message_at >= c.last_message_at
@@ -61,18 +63,18 @@ def upsert_sql(*, row: str, inbound: bool, source: str = "") -> str:
 
 
 _OUTBOUND_UPSERT_SQL = upsert_sql(
-    row="$1::uuid, $2::text, $3::text, now(), $4::text", inbound=False
+    row="$1::uuid, $2::text, $3::text, $4::text, now(), $5::text", inbound=False
 )
 
 
 async def upsert_conversation(
-    session: AsyncSession, *, channel: str, participant_id: str, text: str
+    session: AsyncSession, *, tenant: str, channel: str, participant_id: str, text: str
 ) -> uuid.UUID:
-    """The id of the (channel, participant) conversation of an outbound message sent now,
-    created if needed (`upsert_sql`), in the session's transaction."""
+    """The id of the tenant's (channel, participant) conversation of an outbound message sent
+    now, created if needed (`upsert_sql`), in the session's transaction."""
     conn = await session.connection()
     result = await conn.exec_driver_sql(
-        _OUTBOUND_UPSERT_SQL, (uuid.uuid4(), channel, participant_id, preview(text))
+        _OUTBOUND_UPSERT_SQL, (uuid.uuid4(), tenant, channel, participant_id, preview(text))
     )
     conversation_id: uuid.UUID = result.scalar_one()
     return conversation_id
@@ -91,8 +93,8 @@ class ConversationQuery:
     include_archived: bool = False
 
 
-def _filtered(query: ConversationQuery) -> Select[Any]:
-    stmt = select(Conversation)
+def _filtered(client: Client, query: ConversationQuery) -> Select[Any]:
+    stmt = select(Conversation).where(owned_by(Conversation.tenant_id, client))
     if query.channel:
         stmt = stmt.where(Conversation.channel == query.channel)
     if query.status:
@@ -104,33 +106,38 @@ def _filtered(query: ConversationQuery) -> Select[Any]:
     return stmt
 
 
-async def list_conversations(session: AsyncSession, query: ConversationQuery) -> ConversationPage:
-    """Newest activity first (never-active ones last), ties broken by id."""
+async def list_conversations(
+    session: AsyncSession, client: Client, query: ConversationQuery
+) -> ConversationPage:
+    """The tenant's conversations (all, for an admin): newest activity first (never-active ones
+    last), ties broken by id."""
     stmt = (
-        _filtered(query)
+        _filtered(client, query)
         .order_by(Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc())
         .offset((query.page - 1) * query.limit)
         .limit(query.limit)
     )
     rows = (await session.scalars(stmt)).all()
-    total = await session.scalar(select(func.count()).select_from(_filtered(query).subquery()))
+    total = await session.scalar(
+        select(func.count()).select_from(_filtered(client, query).subquery())
+    )
     return ConversationPage(
         data=[conversation_item(r) for r in rows],
         meta=PageMeta(page=query.page, limit=query.limit, total=total or 0),
     )
 
 
-def _not_found(conversation_id: uuid.UUID) -> NotFoundError:
-    return NotFoundError(f"no conversation with id {conversation_id}")
-
-
 async def get_conversation(
-    session: AsyncSession, conversation_id: uuid.UUID, *, page: int, limit: int
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID, *, page: int, limit: int
 ) -> ConversationDetail:
     """The conversation and one page of its messages, newest first (by provider time)."""
-    row = await session.get(Conversation, conversation_id)
+    row = await session.scalar(
+        select(Conversation).where(
+            Conversation.id == conversation_id, owned_by(Conversation.tenant_id, client)
+        )
+    )
     if row is None:
-        raise _not_found(conversation_id)
+        raise NotFoundError.of("conversation", conversation_id)
     in_thread = Message.conversation_id == conversation_id
     messages = (
         await session.scalars(
@@ -151,35 +158,38 @@ async def get_conversation(
 
 
 async def _change(
-    session: AsyncSession, conversation_id: uuid.UUID, **values: Any
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID, **values: Any
 ) -> ConversationItem:
-    """One UPDATE of one conversation, committed; the conversation as it is now."""
+    """One UPDATE of one of the tenant's conversations, committed; the conversation as it is
+    now."""
     async with session.begin():
         row = await session.scalar(
             update(Conversation)
-            .where(Conversation.id == conversation_id)
+            .where(Conversation.id == conversation_id, owned_by(Conversation.tenant_id, client))
             .values(updated_at=func.now(), **values)
             .returning(Conversation)
             .execution_options(populate_existing=True)
         )
         if row is None:
-            raise _not_found(conversation_id)
+            raise NotFoundError.of("conversation", conversation_id)
     return conversation_item(row)
 
 
-async def mark_read(session: AsyncSession, conversation_id: uuid.UUID) -> ConversationItem:
-    return await _change(session, conversation_id, unread_count=0, last_read_at=func.now())
+async def mark_read(
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID
+) -> ConversationItem:
+    return await _change(session, client, conversation_id, unread_count=0, last_read_at=func.now())
 
 
 async def set_archived(
-    session: AsyncSession, conversation_id: uuid.UUID, *, archived: bool
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID, *, archived: bool
 ) -> ConversationItem:
     """Archive (keeping the first archive time if already archived) or unarchive."""
     archived_at = func.coalesce(Conversation.archived_at, func.now()) if archived else None
-    return await _change(session, conversation_id, archived_at=archived_at)
+    return await _change(session, client, conversation_id, archived_at=archived_at)
 
 
 async def set_status(
-    session: AsyncSession, conversation_id: uuid.UUID, status: str
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID, status: str
 ) -> ConversationItem:
-    return await _change(session, conversation_id, status=status)
+    return await _change(session, client, conversation_id, status=status)

@@ -1,4 +1,4 @@
-"""Mailing endpoints: thin handlers that validate and call the mailing service."""
+"""Mailing endpoints: thin handlers that validate and call create, reads and controls."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from litestar import Controller, Request, Response, Router, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body, FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
-from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
-from relaybox.api.mailings import service, upload
+from relaybox.api.errors import ApiError, to_problem
+from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
+from relaybox.api.mailings import controls, create, reads, upload
 from relaybox.api.mailings.schemas import (
+    UPLOAD_FORM_SCHEMA,
     EntryStatus,
     MailingDetail,
     MailingEntryPage,
@@ -24,6 +27,7 @@ from relaybox.api.mailings.schemas import (
     MailingStatus,
     MailingUpload,
 )
+from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
@@ -32,8 +36,17 @@ SEND = requires("mailing:send")
 FORM_OVERHEAD_BYTES = 1024 * 1024  # the form around the file: part headers, subject, body
 
 
-def _view(settings: ApiSettings, clock: Any) -> service.View:
-    return service.View(now=clock(), rate_per_second=settings.mailings.provider_rate_per_second)
+def _text_part_not_utf8(request: Request[Any, Any, Any], _: UnicodeDecodeError) -> Response[Any]:
+    """Litestar decodes a form part without a filename as UTF-8 text and lets the error escape:
+    that is bad input (a binary `file` sent as a plain field), a 400, not a 500."""
+    problem = ApiError(
+        "a text part of the form is not valid UTF-8; send the CSV as a file part (with a filename)"
+    )
+    return to_problem(problem).to_response(request)
+
+
+def _view(settings: ApiSettings, clock: Any) -> reads.View:
+    return reads.View(now=clock(), rate_per_second=settings.mailings.provider_rate_per_second)
 
 
 class MailingController(Controller):
@@ -53,18 +66,23 @@ class MailingController(Controller):
         "transaction (202); parsing and sending happen in the background. The same file, "
         "subject and body again within the re-upload window answers that mailing (200). "
         "Honours Idempotency-Key.",
-        responses={},
+        responses={
+            200: ResponseSpec(MailingDetail, description="The same upload again: that mailing"),
+            **problems(415),
+        },
+        exception_handlers={UnicodeDecodeError: _text_part_not_utf8},
     )
     async def create(
         self,
         request: Request[Client, Any, State],
-        data: Annotated[MailingUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[
+            MailingUpload,
+            Body(media_type=RequestEncodingType.MULTI_PART, schema_extra=UPLOAD_FORM_SCHEMA),
+        ],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
         clock: NamedDependency[Any],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[MailingDetail]:
         client: Client = request.user
         try:
@@ -73,7 +91,7 @@ class MailingController(Controller):
             idem = (
                 Idempotency(
                     client.id,
-                    service.IDEMPOTENCY_SCOPE,
+                    create.IDEMPOTENCY_SCOPE,
                     key,
                     request_hash(checked.fingerprint()),
                     settings.idempotency_ttl_h,
@@ -81,9 +99,9 @@ class MailingController(Controller):
                 if key
                 else None
             )
-            stored = await service.create_mailing(
+            stored = await create.create_mailing(
                 db_session,
-                client_id=client.id,
+                client=client,
                 upload=checked,
                 settings=settings.mailings,
                 idempotency=idem,
@@ -107,10 +125,8 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         status: Annotated[MailingStatus | None, QueryParameter()] = None,
     ) -> MailingPage:
-        query = service.MailingQuery(page=page, limit=limit, status=status, cursor=cursor)
-        return await service.list_mailings(
-            db_session, request.user.id, query, _view(settings, clock)
-        )
+        query = reads.MailingQuery(page=page, limit=limit, status=status, cursor=cursor)
+        return await reads.list_mailings(db_session, request.user, query, _view(settings, clock))
 
     @get("/{mailing_id:uuid}", opt=READ, summary="One mailing with its progress")
     async def get_one(
@@ -121,9 +137,7 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.get_mailing(
-            db_session, request.user.id, mailing_id, _view(settings, clock)
-        )
+        return await reads.get_mailing(db_session, request.user, mailing_id, _view(settings, clock))
 
     @get(
         "/{mailing_id:uuid}/entries",
@@ -139,8 +153,8 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingEntryPage:
-        return await service.list_entries(
-            db_session, request.user.id, mailing_id, status=status, cursor=cursor, limit=limit
+        return await reads.list_entries(
+            db_session, request.user, mailing_id, status=status, cursor=cursor, limit=limit
         )
 
     @get(
@@ -156,14 +170,15 @@ class MailingController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> MailingErrorPage:
-        return await service.list_errors(
-            db_session, request.user.id, mailing_id, cursor=cursor, limit=limit
+        return await reads.list_errors(
+            db_session, request.user, mailing_id, cursor=cursor, limit=limit
         )
 
     @post(
         "/{mailing_id:uuid}/pause",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Pause: PARSING or RUNNING → PAUSED (409 otherwise)",
     )
     async def pause(
@@ -174,12 +189,13 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.pause(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await controls.pause(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/resume",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Resume: PAUSED → RUNNING, or PARSING if paused before its parse ended",
     )
     async def resume(
@@ -190,12 +206,13 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.resume(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await controls.resume(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/cancel",
         opt=SEND,
         status_code=200,
+        responses=problems(409),
         summary="Cancel: PARSING, RUNNING or PAUSED → CANCELLED (409 otherwise)",
         description="Recipients not sent yet are CANCELLED and their queued emails FAILED "
         "('mailing cancelled'), in the same transaction.",
@@ -208,12 +225,13 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.cancel(db_session, request.user.id, mailing_id, _view(settings, clock))
+        return await controls.cancel(db_session, request.user, mailing_id, _view(settings, clock))
 
     @post(
         "/{mailing_id:uuid}/retry-failed",
         opt=requires("mailing:send", rate_limited=True),
         status_code=200,
+        responses=problems(409),
         summary="Send the failed recipients again",
         description="Recipients whose email FAILED are PENDING again; a COMPLETED mailing is "
         "RUNNING again. 409 for a CANCELLED or FAILED mailing.",
@@ -226,8 +244,8 @@ class MailingController(Controller):
         clock: NamedDependency[Any],
         mailing_id: FromPath[uuid.UUID],
     ) -> MailingDetail:
-        return await service.retry_failed(
-            db_session, request.user.id, mailing_id, _view(settings, clock)
+        return await controls.retry_failed(
+            db_session, request.user, mailing_id, _view(settings, clock)
         )
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar.datastructures import UploadFile
 
+from relaybox.api.fields import SINGLE_LINE
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
+
+MAX_SUBJECT = 255
+MAX_BODY = 10_000
 MailingStatus = Literal["PARSING", "RUNNING", "PAUSED", "COMPLETED", "CANCELLED", "FAILED"]
 EntryStatus = Literal["PENDING", "SENT", "FAILED", "CANCELLED"]
 
@@ -26,6 +32,34 @@ class MailingUpload:
     file: UploadFile | None = None
     subject: str | None = None
     body: str | None = None
+
+
+# The form as the document states it: what `relaybox.api.mailings.upload.inspect` checks.
+UPLOAD_FORM_SCHEMA: dict[str, Any] = {
+    "required": ["file"],
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "contentMediaType": "text/csv",
+            "description": "the mailing list: CSV (UTF-8, UTF-8 with BOM or Latin-1) with an "
+            "`email` column, or one column of addresses without a header",
+        },
+        "subject": {
+            "type": "string",
+            "maxLength": MAX_SUBJECT,
+            "pattern": f"^$|{SINGLE_LINE.pattern}",
+            "description": "one line; empty or absent: the configured default",
+        },
+        "body": {
+            "type": "string",
+            "maxLength": MAX_BODY,
+            "pattern": "^$|^[^\\x00]*" + re.escape(TOKEN_PLACEHOLDER) + "[^\\x00]*$",
+            "description": f"the text, holding {TOKEN_PLACEHOLDER} (each recipient's token); "
+            "empty or absent: the configured default",
+        },
+    },
+}
 
 
 class MailingCounts(msgspec.Struct):

@@ -3,7 +3,7 @@
 Every check here runs before the first write, so a refused upload leaves nothing behind. The
 file itself is only ever read in bounded pieces (a 64 KiB sample, then `chunk_bytes` at a time).
 
-The sniff applies the parser's rules (relaybox.consumer.mailings.csv_stream) to the sample:
+The sniff applies the parser's rules (relaybox.common.mailings.csv_stream) to the sample:
 - encoding: UTF-8 (a leading BOM is dropped), else Latin-1; UTF-16 and binary data are refused;
 - comma-separated; the first non-blank record is a header when one of its cells is `email`
   (trimmed, any case); else it must have one column (trailing empty cells not counted): a
@@ -24,15 +24,14 @@ from typing import Any
 from litestar.datastructures import UploadFile
 
 from relaybox.api.errors import ApiError
-from relaybox.api.mailings.schemas import MailingUpload
-from relaybox.api.settings import TOKEN_PLACEHOLDER, MailingSettings
+from relaybox.api.fields import SINGLE_LINE
+from relaybox.api.mailings.schemas import MAX_BODY, MAX_SUBJECT, MailingUpload
+from relaybox.api.settings import MailingSettings
+from relaybox.common.mailings.csv_stream import UTF8_BOM, columns, email_column, layout_error
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 
 SNIFF_BYTES = 64 * 1024
-MAX_SUBJECT = 255
-MAX_BODY = 10_000
 MAX_FILE_NAME = 255
-EMAIL_COLUMN = "email"
-_UTF8_BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _CONTROL = {chr(c) for c in (*range(0x20), 0x7F)}
 _TEXT_CONTROLS = set("\t\n\r\f\v\x1a")  # \x1a: the DOS end-of-file mark some exports append
@@ -101,10 +100,8 @@ async def inspect(form: MailingUpload, settings: MailingSettings) -> CheckedUplo
 def check_subject(value: str) -> str:
     if len(value) > MAX_SUBJECT:
         raise ApiError(f"subject must be at most {MAX_SUBJECT} characters", field="subject")
-    if not value.strip():
-        raise ApiError("subject must not be blank", field="subject")
-    if _CONTROL.intersection(value):
-        raise ApiError("subject must be a single line without control characters", field="subject")
+    if not SINGLE_LINE.matches(value):
+        raise ApiError(f"subject {SINGLE_LINE.message}", field="subject")
     return value
 
 
@@ -132,7 +129,7 @@ def clean_file_name(name: str | None) -> str | None:
 
 def decode_sample(sample: bytes, *, complete: bool) -> str:
     """The sample as text (UTF-8, UTF-8 with BOM, else Latin-1), or a 415 for anything else."""
-    if sample.startswith(_UTF16_BOMS) and not sample.startswith(_UTF8_BOM):
+    if sample.startswith(_UTF16_BOMS) and not sample.startswith(UTF8_BOM):
         raise UnsupportedMediaTypeError(
             "the file is UTF-16 encoded; save it as CSV in UTF-8", field="file"
         )
@@ -140,7 +137,7 @@ def decode_sample(sample: bytes, *, complete: bool) -> str:
         raise UnsupportedMediaTypeError(
             "the file is not a CSV text file (it contains binary data)", field="file"
         )
-    data = sample.removeprefix(_UTF8_BOM)
+    data = sample.removeprefix(UTF8_BOM)
     decoder = codecs.getincrementaldecoder("utf-8")()  # a character cut by the sample's end
     try:
         text = decoder.decode(data, final=complete)
@@ -152,14 +149,6 @@ def decode_sample(sample: bytes, *, complete: bool) -> str:
             "the file is not a CSV text file (it contains binary data)", field="file"
         )
     return text
-
-
-def columns(record: list[str]) -> int:
-    """How many columns a record has, trailing empty cells not counted."""
-    count = len(record)
-    while count and not record[count - 1].strip():
-        count -= 1
-    return count
 
 
 def sniff(sample: bytes, *, complete: bool) -> None:
@@ -180,19 +169,14 @@ def sniff(sample: bytes, *, complete: bool) -> None:
                 else f"the first {SNIFF_BYTES} bytes of the file hold no CSV row",
                 field="file",
             )
-        if EMAIL_COLUMN in (cell.strip().lower() for cell in header):
+        if email_column(header) is not None:
             if complete and next(rows, None) is None:
                 raise ApiError("the file has a header row but no addresses", field="file")
             return
     except csv.Error as exc:
         raise ApiError(f"the file is not valid CSV: {exc}", field="file") from None
     if (count := columns(header)) > 1:
-        raise ApiError(
-            f"the first row has {count} columns but none is named '{EMAIL_COLUMN}': add a header "
-            f"row naming the column of addresses '{EMAIL_COLUMN}', or upload a single column of "
-            "addresses",
-            field="file",
-        )
+        raise ApiError(layout_error("the first row", count), field="file")
 
 
 async def measure(upload: UploadFile, *, chunk_bytes: int, max_bytes: int) -> tuple[str, int]:

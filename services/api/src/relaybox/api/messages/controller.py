@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.exceptions import PermissionDeniedException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
-from relaybox.api.idempotency import HEADER, Idempotency, request_hash, validate_key
+from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
 from relaybox.api.messages import service
 from relaybox.api.messages.schemas import MessageDetail, SendMessageRequest
+from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
@@ -33,7 +36,7 @@ class MessageController(Controller):
         description="Writes the message (PENDING), its conversation and its outbox row in one "
         "transaction (202). The same `clientMessageId` on the same channel again answers the "
         "stored message as it is now (200) and sends nothing. Honours Idempotency-Key.",
-        responses={},
+        responses={200: ResponseSpec(MessageDetail, description="Sent before: the stored message")},
     )
     async def send(
         self,
@@ -41,11 +44,15 @@ class MessageController(Controller):
         data: JSONBody[SendMessageRequest],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[ApiSettings],
-        idempotency_key: Annotated[
-            str | None, HeaderParameter(name=HEADER, required=False)  # checked by validate_key
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[MessageDetail]:
         client: Client = request.user
+        gateway_tenant = settings.meta.tenant
+        if client.tenant != gateway_tenant and not client.admin:
+            raise PermissionDeniedException(
+                detail="this tenant has no Meta-like provider account to send from "
+                "(the gateway's account belongs to RELAYBOX_META__TENANT)"
+            )
         key = validate_key(idempotency_key)
         idem = (
             Idempotency(
@@ -59,15 +66,22 @@ class MessageController(Controller):
             else None
         )
         stored = await service.send_message(
-            db_session, request=data, idempotency=idem, correlation_id=request_id_var.get()
+            db_session,
+            tenant=gateway_tenant,
+            request=data,
+            idempotency=idem,
+            correlation_id=request_id_var.get(),
         )
         return Response(stored.body, status_code=stored.status_code)  # type: ignore[arg-type]
 
     @get("/{message_id:uuid}", opt=requires("meta:read"), summary="One message")
     async def get_one(
-        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[uuid.UUID],
     ) -> MessageDetail:
-        return await service.get_message(db_session, message_id)
+        return await service.get_message(db_session, request.user, message_id)
 
     @post(
         "/{message_id:uuid}/retry",
@@ -76,10 +90,14 @@ class MessageController(Controller):
         summary="Send a FAILED message again",
         description="Sets a FAILED outbound message back to PENDING (attempts 0) and enqueues it "
         "in one transaction; 409 when it is not FAILED.",
+        responses=problems(409),
     )
     async def retry(
-        self, db_session: NamedDependency[AsyncSession], message_id: FromPath[uuid.UUID]
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[uuid.UUID],
     ) -> MessageDetail:
         return await service.retry_message(
-            db_session, message_id, correlation_id=request_id_var.get()
+            db_session, request.user, message_id, correlation_id=request_id_var.get()
         )

@@ -9,6 +9,7 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from relaybox.api.fields import SINGLE_LINE, TEXT
 from relaybox.common.db.models import Message
 
 Channel = Literal["whatsapp", "instagram"]
@@ -16,25 +17,16 @@ Direction = Literal["inbound", "outbound"]
 MessageStatus = Literal["RECEIVED", "PENDING", "SENDING", "SENT", "DELIVERED", "READ", "FAILED"]
 MAX_TEXT = 4096
 MAX_ID = 255
-_CONTROL = {chr(c) for c in (*range(0x20), 0x7F)}
 
 
 def single_line(value: str) -> str:
     """An identifier (participant, client message id): not blank, no control characters."""
-    if not value.strip():
-        raise ValueError("must not be blank")
-    if _CONTROL.intersection(value):
-        raise ValueError("must not contain control characters")
-    return value
+    return SINGLE_LINE.check(value)
 
 
 def message_text(value: str) -> str:
     """A message body: not blank and no NUL (PostgreSQL text cannot hold one)."""
-    if not value.strip():
-        raise ValueError("must not be blank")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
+    return TEXT.check(value)
 
 
 class SendMessageRequest(BaseModel):
@@ -43,14 +35,20 @@ class SendMessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     channel: Channel
-    to: str = Field(min_length=1, max_length=MAX_ID, examples=["+15551234567"])
-    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    to: str = Field(
+        min_length=1,
+        max_length=MAX_ID,
+        examples=["+15551234567"],
+        json_schema_extra=SINGLE_LINE.schema(),
+    )
+    text: str = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra=TEXT.schema())
     client_message_id: str | None = Field(
         default=None,
         alias="clientMessageId",
         min_length=1,
         max_length=MAX_ID,
         description="the caller's id of this message: a repeat on the same channel sends nothing",
+        json_schema_extra=SINGLE_LINE.schema(),
     )
 
     @field_validator("to", "client_message_id")
@@ -66,7 +64,7 @@ class SendMessageRequest(BaseModel):
 
 class MessageDetail(msgspec.Struct, rename="camel"):
     """One message; `to` is the conversation's participant, `retryCount` the sends after the
-    first one."""
+    first one (a provider's 429 included, though a 429 does not use up the retry budget)."""
 
     id: uuid.UUID
     conversation_id: uuid.UUID

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import msgspec
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relaybox.api.auth import Client, owned_by
 from relaybox.api.conversations.service import upsert_conversation
 from relaybox.api.errors import ConflictError, NotFoundError
 from relaybox.api.idempotency import Idempotency, StoredResponse
@@ -18,22 +17,19 @@ from relaybox.common.db.models import Message
 from relaybox.common.messaging.topology import META_SEND
 from relaybox.common.outbox import enqueue, trace_headers
 
-IDEMPOTENCY_SCOPE = "meta.send"
-
-
-def _to_json(detail: MessageDetail) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(detail)
-    return body
+IDEMPOTENCY_SCOPE = META_SEND  # Idempotency-Keys of POST /messages/send
 
 
 async def send_message(
     session: AsyncSession,
     *,
+    tenant: str,
     request: SendMessageRequest,
     idempotency: Idempotency | None,
     correlation_id: str | None,
 ) -> StoredResponse:
-    """Write the PENDING message, its conversation and its outbox row in one transaction: 202.
+    """Write the PENDING message of `tenant` (the provider account's owner), its conversation
+    and its outbox row in one transaction: 202.
 
     A message already stored under the same (channel, clientMessageId) — even by a concurrent
     request — is answered as it is now with a 200, and nothing is written: the conversation
@@ -44,13 +40,18 @@ async def send_message(
             return stored
         savepoint = await session.begin_nested()
         conversation_id = await upsert_conversation(
-            session, channel=request.channel, participant_id=request.to, text=request.text
+            session,
+            tenant=tenant,
+            channel=request.channel,
+            participant_id=request.to,
+            text=request.text,
         )
         inserted = await session.scalar(
             pg_insert(Message)
             .values(
                 id=uuid.uuid4(),
                 conversation_id=conversation_id,
+                tenant_id=tenant,
                 direction="outbound",
                 channel=request.channel,
                 participant_id=request.to,
@@ -59,19 +60,22 @@ async def send_message(
                 client_message_id=request.client_message_id,
                 sort_at=func.now(),
             )
-            .on_conflict_do_nothing(index_elements=[Message.channel, Message.client_message_id])
+            .on_conflict_do_nothing(
+                index_elements=[Message.tenant_id, Message.channel, Message.client_message_id]
+            )
             .returning(Message)
         )
         if inserted is None:
             await savepoint.rollback()
             existing = await session.scalar(
                 select(Message).where(
+                    Message.tenant_id == tenant,
                     Message.channel == request.channel,
                     Message.client_message_id == request.client_message_id,
                 )
             )
             assert existing is not None  # the conflicting row is committed, hence visible
-            response = StoredResponse(200, _to_json(message_detail(existing)))
+            response = StoredResponse.of(200, message_detail(existing))
         else:
             await savepoint.commit()
             await enqueue(
@@ -80,25 +84,25 @@ async def send_message(
                 payload={"id": str(inserted.id)},
                 headers=trace_headers(correlation_id),
             )
-            response = StoredResponse(202, _to_json(message_detail(inserted)))
+            response = StoredResponse.of(202, message_detail(inserted))
         if idempotency is not None:
             await idempotency.store(session, response)
     return response
 
 
-def _not_found(message_id: uuid.UUID) -> NotFoundError:
-    return NotFoundError(f"no message with id {message_id}")
-
-
-async def get_message(session: AsyncSession, message_id: uuid.UUID) -> MessageDetail:
-    row = await session.get(Message, message_id)
+async def get_message(
+    session: AsyncSession, client: Client, message_id: uuid.UUID
+) -> MessageDetail:
+    row = await session.scalar(
+        select(Message).where(Message.id == message_id, owned_by(Message.tenant_id, client))
+    )
     if row is None:
-        raise _not_found(message_id)
+        raise NotFoundError.of("message", message_id)
     return message_detail(row)
 
 
 async def retry_message(
-    session: AsyncSession, message_id: uuid.UUID, *, correlation_id: str | None
+    session: AsyncSession, client: Client, message_id: uuid.UUID, *, correlation_id: str | None
 ) -> MessageDetail:
     """Claim a FAILED outbound message back to PENDING and enqueue it, in one transaction.
 
@@ -109,12 +113,14 @@ async def retry_message(
             update(Message)
             .where(
                 Message.id == message_id,
+                owned_by(Message.tenant_id, client),
                 Message.direction == "outbound",
                 Message.status == "FAILED",
             )
             .values(
                 status="PENDING",
                 attempts=0,
+                throttled=0,
                 last_error=None,
                 failed_at=None,
                 updated_at=func.now(),
@@ -123,9 +129,13 @@ async def retry_message(
             .execution_options(populate_existing=True)
         )
         if row is None:
-            status = await session.scalar(select(Message.status).where(Message.id == message_id))
+            status = await session.scalar(
+                select(Message.status).where(
+                    Message.id == message_id, owned_by(Message.tenant_id, client)
+                )
+            )
             if status is None:
-                raise _not_found(message_id)
+                raise NotFoundError.of("message", message_id)
             raise ConflictError(
                 f"message {message_id} is {status}; only a FAILED outbound message can be retried",
                 messageStatus=status,

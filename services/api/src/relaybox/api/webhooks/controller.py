@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import MediaType
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Parameter, RequestBody, Schema
 from litestar.params import HeaderParameter, QueryParameter
 
+from relaybox.api.openapi import (
+    PUBLIC,
+    READS_BODY,
+    PublicOperation,
+    model_schema,
+    problems,
+)
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks import service
-from relaybox.api.webhooks.schemas import WebhookAck
+from relaybox.api.webhooks.schemas import InboundMessageEvent, StatusEvent, WebhookAck
 from relaybox.common.signing import SIGNATURE_HEADER
+
+SIGNATURE_PATTERN = "^sha256=[0-9a-f]{64}$"
+
+
+@dataclass
+class SignedEventOperation(PublicOperation):
+    """POST /webhooks/mock-meta as documented: the event schemas of the raw body the handler
+    parses itself (after checking its signature), and the signature header it requires."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        events = Schema(one_of=[model_schema(InboundMessageEvent), model_schema(StatusEvent)])
+        self.request_body = RequestBody(
+            content={"application/json": OpenAPIMediaType(schema=events)}, required=True
+        )
+        for parameter in self.parameters or []:
+            if isinstance(parameter, Parameter) and parameter.name == SIGNATURE_HEADER:
+                parameter.required = True
+                parameter.description = (
+                    "sha256=<hex HMAC-SHA256 of the raw body with the webhook secret>; may be "
+                    "left out only where RELAYBOX_META__ALLOW_UNSIGNED is set"
+                )
+                parameter.schema = Schema(type=OpenAPIType.STRING, pattern=SIGNATURE_PATTERN)
 
 
 class MetaWebhookController(Controller):
@@ -21,7 +53,7 @@ class MetaWebhookController(Controller):
 
     path = "/webhooks/mock-meta"
     tags = ["webhooks"]
-    opt = {"public": True}
+    opt = {PUBLIC: True}
 
     @post(
         "/",
@@ -32,6 +64,9 @@ class MetaWebhookController(Controller):
         '"read", timestamp}`; `timestamp` is ISO 8601 or Unix seconds. Signed with '
         "`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`. Idempotent by "
         "`eventId`.",
+        opt={READS_BODY: True},
+        responses=problems(401),
+        operation_class=SignedEventOperation,
     )
     async def receive(
         self,
@@ -47,6 +82,7 @@ class MetaWebhookController(Controller):
         "/",
         media_type=MediaType.TEXT,
         summary="Subscription handshake: echoes hub.challenge when hub.verify_token matches",
+        responses=problems(403),
     )
     async def verify(
         self,

@@ -6,16 +6,41 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from relaybox.api.errors import ApiError
+from relaybox.api.fields import SINGLE_LINE, TEXT
 from relaybox.api.messages.schemas import MAX_ID, Channel, message_text, single_line
-from relaybox.common.meta_status import parse_provider_timestamp
+from relaybox.common.gateway.timestamps import parse_provider_timestamp
 
 MAX_INBOUND_TEXT = 65_536  # generous: a provider's message is never refused for its length
 _VALUE_ERROR_PREFIX = "Value error, "
+_REPLACEMENT = "\ufffd"
+# The instants a Python datetime holds, as Unix seconds (parse_provider_timestamp's range).
+_FIRST_S, _LAST_S = -62_135_596_800, 253_402_300_799
 
-ProviderTimestamp = Annotated[datetime, BeforeValidator(parse_provider_timestamp)]
+ProviderTimestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_provider_timestamp),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "minimum": _FIRST_S, "maximum": _LAST_S},
+                {"type": "string", "pattern": "^[0-9]{1,11}(\\.[0-9]{1,9})?$"},
+            ],
+            "description": "ISO 8601 (RFC 3339), or Unix seconds as a number or a string of digits",
+        }
+    ),
+]
 
 
 class _Event(BaseModel):
@@ -23,7 +48,9 @@ class _Event(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    event_id: str = Field(alias="eventId", min_length=1, max_length=MAX_ID)
+    event_id: str = Field(
+        alias="eventId", min_length=1, max_length=MAX_ID, json_schema_extra=SINGLE_LINE.schema()
+    )
     channel: Channel
     timestamp: ProviderTimestamp
 
@@ -37,8 +64,10 @@ class InboundMessageEvent(_Event):
     """A customer wrote in: `{eventId, type?: "message", channel, from, text, timestamp}`."""
 
     type: Literal["message"] = "message"
-    from_: str = Field(alias="from", min_length=1, max_length=MAX_ID)
-    text: str = Field(min_length=1, max_length=MAX_INBOUND_TEXT)
+    from_: str = Field(
+        alias="from", min_length=1, max_length=MAX_ID, json_schema_extra=SINGLE_LINE.schema()
+    )
+    text: str = Field(min_length=1, max_length=MAX_INBOUND_TEXT, json_schema_extra=TEXT.schema())
 
     @field_validator("from_")
     @classmethod
@@ -56,7 +85,12 @@ class StatusEvent(_Event):
     `{eventId, type: "status", channel, providerMessageId, status, timestamp}`."""
 
     type: Literal["status"]
-    provider_message_id: str = Field(alias="providerMessageId", min_length=1, max_length=MAX_ID)
+    provider_message_id: str = Field(
+        alias="providerMessageId",
+        min_length=1,
+        max_length=MAX_ID,
+        json_schema_extra=SINGLE_LINE.schema(),
+    )
     status: Literal["sent", "delivered", "read"]
 
     @field_validator("provider_message_id")
@@ -82,15 +116,16 @@ class WebhookAck(msgspec.Struct, rename="camel"):
     event_id: str
 
 
-def _has_nul(value: Any) -> bool:
-    """PostgreSQL's jsonb cannot hold U+0000 anywhere, not even in a field we ignore."""
+def _without_nul(value: Any) -> Any:
+    """The payload with every U+0000 replaced (PostgreSQL's jsonb cannot hold one, not even in a
+    field we ignore; the fields we read refuse it, so only ignored ones change)."""
     if isinstance(value, str):
-        return "\x00" in value
+        return value.replace("\x00", _REPLACEMENT)
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _invalid(exc: ValidationError) -> ApiError:
@@ -114,13 +149,12 @@ def parse_event(body: bytes) -> tuple[WebhookEvent, dict[str, Any]]:
         raise ApiError(f"the request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(payload, dict):
         raise ApiError("the request body must be a JSON object", field="body")
-    if _has_nul(payload):
-        raise ApiError("the request body must not contain NUL characters", field="body")
     kind = payload.get("type", "message")
     model = _MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise ApiError("type: must be 'message' or 'status'", field="type")
     try:
-        return model.model_validate(payload), payload
+        event = model.model_validate(payload)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    return event, _without_nul(payload)

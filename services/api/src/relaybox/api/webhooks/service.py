@@ -30,7 +30,7 @@ from relaybox.api.webhooks.schemas import (
 )
 from relaybox.common.db.models import WebhookEvent
 from relaybox.common.db.session import connection, run_on_driver
-from relaybox.common.meta_status import (
+from relaybox.common.gateway.status_events import (
     MESSAGE_KIND,
     PROVIDER,
     STATUS_KIND,
@@ -106,7 +106,7 @@ class WebhookIntake:
             # Older than anything still remembered: it may be one processed and purged since.
             ack = WebhookAck(status="expired", event_id=event.event_id)
         else:
-            ack = await _record_inbound(self.engine, event, payload)
+            ack = await _record_inbound(self.engine, self.settings.tenant, event, payload)
         WEBHOOK_EVENTS.labels(PROVIDER, event.type, ack.status).inc()
         return ack
 
@@ -126,16 +126,16 @@ WITH event AS (
 ), conversation AS (
     {
     upsert_sql(
-        row="$5::uuid, $6::text, $7::text, $8::timestamptz, $9::text",
+        row="$5::uuid, $12::text, $6::text, $7::text, $8::timestamptz, $9::text",
         source="FROM event",
         inbound=True,
     )
 }
 ), message AS (
-    INSERT INTO messages (id, conversation_id, direction, channel, participant_id, text, status,
-                          provider_event_id, sort_at)
-    SELECT $10::uuid, conversation.id, 'inbound', $6::text, $7::text, $11::text, 'RECEIVED',
-           $2::text, $8::timestamptz
+    INSERT INTO messages (id, conversation_id, tenant_id, direction, channel, participant_id,
+                          text, status, provider_event_id, sort_at)
+    SELECT $10::uuid, conversation.id, $12::text, 'inbound', $6::text, $7::text, $11::text,
+           'RECEIVED', $2::text, $8::timestamptz
     FROM conversation
     RETURNING 1
 )
@@ -144,9 +144,10 @@ SELECT count(*) FROM message
 
 
 async def _record_inbound(
-    engine: AsyncEngine, event: InboundMessageEvent, payload: dict[str, Any]
+    engine: AsyncEngine, tenant: str, event: InboundMessageEvent, payload: dict[str, Any]
 ) -> WebhookAck:
-    """The event, the conversation upsert and the RECEIVED message, in one statement."""
+    """The event, the conversation upsert and the RECEIVED message, in one statement, in the
+    inbox of `tenant` (the owner of the provider account)."""
     args = (
         PROVIDER,
         event.event_id,
@@ -159,6 +160,7 @@ async def _record_inbound(
         preview(event.text),
         uuid.uuid4(),
         event.text,
+        tenant,
     )
 
     async def record(conn: asyncpg.Connection, repeated: bool) -> bool:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
-from relaybox.common.providers.base import EmailProvider, OutgoingEmail
-from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
-from relaybox.consumer.dispatcher import new_token, token_hash
+from relaybox.consumer.mailings.dispatcher import new_token, token_hash
+from relaybox.consumer.providers.base import EmailProvider, OutgoingEmail
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
-
-TOKEN_PLACEHOLDER = "{token}"  # noqa: S105 - the template placeholder, not a secret
-_token: ContextVar[str | None] = ContextVar("mailing_token", default=None)
 
 
 class EmailHandler(SendingHandler):
@@ -38,21 +35,16 @@ class EmailHandler(SendingHandler):
         self.provider = provider
         self.provider_name = provider.name
 
-    async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
-        # A mailing's per-recipient token travels only in the message; `send` reads it here.
-        token = payload.get("token")
-        _token.set(token if isinstance(token, str) else None)
-        return await super().handle(payload, headers)
-
     async def prepare(self) -> None:
         await self.provider.prepare()
 
     def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in payload.items() if k != "token"}
 
-    async def send(self, row: dict[str, Any]) -> str:
+    async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
         text_body, html_body = row["text_body"], row["html_body"]
-        token = _token.get()
+        # A mailing's per-recipient token travels only in the message.
+        token = payload.get("token") if isinstance(payload.get("token"), str) else None
         if token is None and TOKEN_PLACEHOLDER in f"{text_body}{html_body}":
             token = await self._reissue_token(row["id"])
         if token is not None:

@@ -6,15 +6,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.gateway.status_events import apply_status_events
 from relaybox.common.messaging.topology import META_SEND, Topology
-from relaybox.common.meta_status import apply_status_events
-from relaybox.common.providers.meta import MetaProvider, OutgoingChat
-from relaybox.common.ratelimit import RateLimiter
 from relaybox.consumer.delivery import DeliveryTable
+from relaybox.consumer.providers.meta import MetaProvider, OutgoingChat
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.sending import SendingHandler
 from relaybox.consumer.settings import ConsumerSettings
 
-META_LIMIT_KEY = "meta.send"
+META_LIMIT_KEY = META_SEND  # the global limit of the Meta-like API, named after its route
 
 
 class MetaHandler(SendingHandler):
@@ -35,12 +35,13 @@ class MetaHandler(SendingHandler):
         super().__init__(engine, topology, settings, limiter)
         self.provider = provider
 
-    async def send(self, row: dict[str, Any]) -> str:
+    async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
         chat = OutgoingChat(
             id=str(row["id"]), channel=row["channel"], to=row["participant_id"], text=row["text"]
         )
         return await self.provider.send(chat)
 
-    async def after_sent(self, conn: AsyncConnection, row_id: Any, provider_id: str) -> None:
+    async def after_sent(self, conn: AsyncConnection, row_id: Any, provider_id: str | None) -> None:
         # Status webhooks can arrive before SENT is recorded; apply the ones that waited.
-        await apply_status_events(conn, provider_id)
+        if provider_id is not None:
+            await apply_status_events(conn, provider_id)

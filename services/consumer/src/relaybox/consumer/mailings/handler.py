@@ -7,13 +7,13 @@ import logging
 import uuid
 from typing import Any
 
-import asyncpg
 from prometheus_client import Counter
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from relaybox.common.db.errors import transient_database_error
+from relaybox.common.mailings.rules import UNPARSED_SQL, unparsed
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.consumer.errors import PoisonMessageError
 from relaybox.consumer.mailings.ingest import MailingParseSettings, ParseResult, ingest
@@ -28,36 +28,11 @@ ROWS = Counter(
 )
 STATE = text("SELECT status, rows_total FROM mailings WHERE id = :id")
 GIVE_UP = text(
-    """
+    f"""
     UPDATE mailings SET status = 'FAILED', error = :error, finished_at = now(), updated_at = now()
-    WHERE id = :id AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
-    """
+    WHERE id = :id AND {UNPARSED_SQL}
+    """  # noqa: S608 - constants of the code
 )
-# Worth parsing again once the database is back (a restart, a failover, a deadlock); any other
-# error is a bug and goes to the worker (requeued, dead-lettered past the delivery limit).
-TRANSIENT = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """A lost connection or a restarting server, raised directly or wrapped by SQLAlchemy."""
-    while exc is not None:
-        if isinstance(exc, TRANSIENT):
-            return True
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return True
-        exc = exc.__cause__
-    return False
-
-
-def unparsed(status: str, rows_total: int) -> bool:
-    """PARSING, or PAUSED before its parse ended (a parsed file has at least one data row)."""
-    return status == "PARSING" or (status == "PAUSED" and rows_total == 0)
 
 
 class MailingParseHandler:
@@ -83,6 +58,9 @@ class MailingParseHandler:
         # whole run: more at once would not go faster and could drain the pool.
         self._slots = asyncio.Semaphore(self.limits.concurrency)
 
+    async def stop(self) -> None:
+        """Nothing to release: a parse under way goes on (the drain waits for it)."""
+
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         mailing_id = self.mailing_id(payload)
         try:
@@ -90,7 +68,7 @@ class MailingParseHandler:
         except PoisonMessageError:
             raise
         except Exception as exc:
-            if is_transient(exc):
+            if transient_database_error(exc):
                 raise  # the database is still away past db_retry_s: the worker requeues it
             # Anything else is a bug that another delivery would hit again: left to the worker,
             # the message would end in the DLQ and the mailing stay PARSING for good. It ends
@@ -125,7 +103,7 @@ class MailingParseHandler:
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(transient_database_error),
             stop=stop_after_delay(self.settings.db_retry_s),
             wait=wait_exponential(multiplier=0.1, max=5),
             reraise=True,

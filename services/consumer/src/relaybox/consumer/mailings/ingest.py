@@ -42,8 +42,9 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.mailings.csv_stream import LATIN_1, CsvFormatError, NotUtf8Error, iter_rows
+from relaybox.common.mailings.rules import UNPARSED_SQL
 from relaybox.consumer.mailings import addresses
-from relaybox.consumer.mailings.csv_stream import LATIN_1, CsvFormatError, NotUtf8Error, iter_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,16 +53,14 @@ RAW_VALUE_CHARS = 500
 NO_SEQ = -(2**31)  # below every chunk number
 BREATHE_ROWS = 1_000  # the event loop gets a turn this often (a few milliseconds of parsing)
 
-# "Not parsed yet": PARSING, or PAUSED before its parse ended (the API lets a PARSING mailing be
-# paused; the parse goes on, and the mailing stays PAUSED with its counts). A finished parse
-# always has rows_total > 0 (a file without data rows is FAILED).
-NEXT_CHUNK = """
+# Every statement applies to a mailing not parsed yet (relaybox.common.mailings.rules).
+NEXT_CHUNK = f"""
 WITH progress AS (
     UPDATE mailings SET parsed_chunks = GREATEST(parsed_chunks, $3), updated_at = now()
-    WHERE id = $1 AND $3 > 0 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+    WHERE id = $1 AND $3 > 0 AND {UNPARSED_SQL}
 )
 SELECT seq, data FROM mailing_chunks WHERE mailing_id = $1 AND seq > $2 ORDER BY seq LIMIT 1
-"""
+"""  # noqa: S608 - constants of the code
 # The batch holds the mailing FOR KEY SHARE (once per batch: what a foreign key's check did per
 # row before migration 0004): a DELETE of the mailing waits for it, so no row is ever written for
 # a mailing that is gone. KEY SHARE conflicts neither with the API's status updates nor with the
@@ -70,10 +69,10 @@ SELECT seq, data FROM mailing_chunks WHERE mailing_id = $1 AND seq > $2 ORDER BY
 # travel as three joined strings (numbers by ",", addresses and keys by "\n", which a valid
 # address never holds): asyncpg's per-element array encoding cost more than the rest of the
 # row's Python work.
-STORE_BATCH = """
+STORE_BATCH = f"""
 WITH live AS (
     SELECT 1 FROM mailings
-    WHERE id = $1 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+    WHERE id = $1 AND {UNPARSED_SQL}
     FOR KEY SHARE
 ),
 recipients AS (
@@ -95,8 +94,8 @@ errors AS (
     ON CONFLICT (mailing_id, row_number) DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM live)
-"""
-FINISH = """
+"""  # noqa: S608 - constants of the code
+FINISH = f"""
 UPDATE mailings SET
     status = CASE WHEN status = 'PARSING' THEN 'RUNNING' ELSE status END,
     started_at = CASE WHEN status = 'PARSING' THEN now() ELSE started_at END,
@@ -109,20 +108,20 @@ UPDATE mailings SET
     updated_at = now()
 FROM (SELECT (SELECT count(*)::int FROM mailing_recipients WHERE mailing_id = $1) AS valid,
              (SELECT count(*)::int FROM mailing_errors WHERE mailing_id = $1) AS invalid) AS c
-WHERE id = $1 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+WHERE id = $1 AND {UNPARSED_SQL}
 RETURNING valid_count, invalid_count, duplicate_count
-"""
-FAIL = """
+"""  # noqa: S608 - constants of the code
+FAIL = f"""
 UPDATE mailings SET status = 'FAILED', error = $2, parsed_chunks = $3, finished_at = now(),
     updated_at = now()
-WHERE id = $1 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+WHERE id = $1 AND {UNPARSED_SQL}
 RETURNING id
-"""
-LOCK_UNPARSED = """
+"""  # noqa: S608 - constants of the code
+LOCK_UNPARSED = f"""
 SELECT id FROM mailings
-WHERE id = $1 AND (status = 'PARSING' OR (status = 'PAUSED' AND rows_total = 0))
+WHERE id = $1 AND {UNPARSED_SQL}
 FOR UPDATE
-"""
+"""  # noqa: S608 - constants of the code
 CLEAR_RECIPIENTS = "DELETE FROM mailing_recipients WHERE mailing_id = $1"
 CLEAR_ERRORS = "DELETE FROM mailing_errors WHERE mailing_id = $1"
 STATUS = "SELECT status FROM mailings WHERE id = $1"

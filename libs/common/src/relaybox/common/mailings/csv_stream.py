@@ -1,4 +1,5 @@
-"""The pure streaming parser of mailing uploads: byte chunks in, (row number, address) out.
+"""The mailing-list CSV: the streaming parser (byte chunks in, (row number, address) out) and
+the layout rules the API's upload check applies to a sample of the same file.
 
 Memory stays constant: one chunk, one partial line and one csv record at a time; chunks may
 split a character, a line or a quoted record anywhere.
@@ -29,9 +30,9 @@ import io
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
-from relaybox.consumer.errors import ConsumerError
+from relaybox.common.errors import RelayboxError
 
-UTF8_BOM = b"\xef\xbb\xbf"
+UTF8_BOM = codecs.BOM_UTF8
 LATIN_1 = "latin-1"
 EMAIL_HEADER = "email"
 MAX_LINE_CHARS = 1 << 20  # a line longer than this (no line break in 1 Mi characters) is refused
@@ -39,11 +40,11 @@ MAX_LINE_CHARS = 1 << 20  # a line longer than this (no line break in 1 Mi chara
 Row = tuple[int, str]
 
 
-class CsvFormatError(ConsumerError):
+class CsvFormatError(RelayboxError):
     """The upload cannot be read as a mailing list; the message is shown to the user."""
 
 
-class NotUtf8Error(ConsumerError):
+class NotUtf8Error(RelayboxError):
     """Invalid UTF-8 after non-ASCII text was produced: parse again with ``encoding=LATIN_1``."""
 
 
@@ -107,12 +108,27 @@ def lines(texts: Iterable[str]) -> Iterator[str]:
         yield from io.StringIO(pending, newline="")
 
 
-def _columns(record: list[str]) -> int:
+def columns(record: list[str]) -> int:
     """How many columns a record has, trailing empty cells not counted."""
     count = len(record)
     while count and not record[count - 1].strip():
         count -= 1
     return count
+
+
+def email_column(record: list[str]) -> int | None:
+    """The index of the cell named `email` (trimmed, any case) when `record` is a header."""
+    names = [field.strip().lower() for field in record]
+    return names.index(EMAIL_HEADER) if EMAIL_HEADER in names else None
+
+
+def layout_error(where: str, count: int) -> str:
+    """Why a first record (`where`: "row 3") of `count` columns, none named `email`, is not a
+    mailing list."""
+    return (
+        f"{where} has {count} columns and none is named '{EMAIL_HEADER}': name the "
+        f"address column '{EMAIL_HEADER}' in a header row, or upload a single column of addresses"
+    )
 
 
 def iter_rows(chunks: Iterable[bytes], *, encoding: str | None = None) -> Iterator[Row]:
@@ -122,21 +138,16 @@ def iter_rows(chunks: Iterable[bytes], *, encoding: str | None = None) -> Iterat
     with _csv_errors(lambda: number + 1):
         for record in reader:
             number += 1
-            columns = _columns(record)
-            if not columns:
+            count = columns(record)
+            if not count:
                 continue  # a blank row before the first one
-            names = [field.strip().lower() for field in record]
-            if EMAIL_HEADER in names:
-                yield from _data_rows(reader, number, names.index(EMAIL_HEADER))
-            elif columns == 1:
+            if (column := email_column(record)) is not None:
+                yield from _data_rows(reader, number, column)
+            elif count == 1:
                 yield (number, record[0].strip())
                 yield from _single_column_rows(reader, number)
             else:
-                raise CsvFormatError(
-                    f"row {number} has {columns} columns and none is named '{EMAIL_HEADER}': "
-                    f"name the address column '{EMAIL_HEADER}' in a header row, or upload a "
-                    "single column of addresses"
-                )
+                raise CsvFormatError(layout_error(f"row {number}", count))
             return
 
 
@@ -159,7 +170,7 @@ def _data_rows(reader: Iterator[list[str]], number: int, column: int) -> Iterato
                 if value:
                     yield (number, value)
                     continue
-            if _columns(record):
+            if columns(record):
                 yield (number, "")
 
 
@@ -173,6 +184,5 @@ def _single_column_rows(reader: Iterator[list[str]], number: int) -> Iterator[Ro
                 if value:
                     yield (number, value)
                 continue
-            columns = _columns(record)
-            if columns:
-                yield (number, ",".join(field.strip() for field in record[:columns]))
+            if count := columns(record):
+                yield (number, ",".join(field.strip() for field in record[:count]))

@@ -1,4 +1,4 @@
-"""The provider interface: send returns an accepted id or raises a typed error."""
+"""The provider interface: send returns (the accepted id, if any) or raises a typed error."""
 
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ class EmailProvider(Protocol):
         slot is booked."""
         ...
 
-    async def send(self, email: OutgoingEmail) -> str:
-        """Send once; return the provider's accepted id."""
+    async def send(self, email: OutgoingEmail) -> str | None:
+        """Send once; return the provider's id of the accepted send, None when it gave none.
+        Returns normally exactly when the provider accepted the send."""
         ...
 
     async def close(self) -> None:

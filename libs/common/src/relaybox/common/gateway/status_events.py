@@ -1,4 +1,5 @@
-"""Meta-like delivery-status events: the provider's timestamps and applying pending events.
+"""Meta-like delivery-status events: recording their effect, forward only, whichever of the
+webhook and the consumer comes first.
 
 A status webhook (`sent`, `delivered`, `read`) is recorded in `webhook_events` first. It can win
 the race against the consumer, which records `SENT` and the `provider_message_id` just after the
@@ -18,13 +19,14 @@ opposite orders in the normal flow.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from relaybox.common.gateway.timestamps import parse_provider_timestamp
 
 PROVIDER = "mock-meta"
 """`webhook_events.provider` of the Meta-like provider."""
@@ -44,32 +46,6 @@ _RANK_SQL = (
     + " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in RANK.items())
     + " ELSE NULL END"  # NULL < n is not true: FAILED and RECEIVED never move
 )
-_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
-_TIMESTAMP_FORMS = "timestamp must be an ISO 8601 datetime or Unix seconds"
-
-
-def parse_provider_timestamp(value: Any) -> datetime:
-    """A provider timestamp as an aware UTC datetime.
-
-    Accepted: ISO 8601 strings (the mock sends `2025-01-02T03:04:05.678Z`; one without an offset
-    is taken as UTC, as the mock does) and Unix seconds (a JSON number, or a string of digits as
-    Meta sends them). Anything else (milliseconds, a boolean, ...) raises ValueError with a
-    message fit for an API answer.
-    """
-    if isinstance(value, str) and _UNIX_SECONDS.fullmatch(value):
-        value = float(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise ValueError("timestamp is out of range (Unix seconds are expected)") from None
-    if not isinstance(value, str):
-        raise ValueError(_TIMESTAMP_FORMS)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(_TIMESTAMP_FORMS) from None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def status_lock_key(provider_message_id: str) -> str:

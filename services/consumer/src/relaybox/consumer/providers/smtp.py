@@ -10,9 +10,24 @@ import time
 from email.message import EmailMessage
 
 import aiosmtplib
+from pydantic import BaseModel, Field
 
-from relaybox.common.providers.base import OutgoingEmail, PermanentError, RetryableError
-from relaybox.common.settings import SmtpSettings
+from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
+
+
+class SmtpSettings(BaseModel):
+    """An SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False
+    start_tls: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+    pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept open and reused")
+    idle_s: float = Field(default=30.0, gt=0, description="reopen a session idle this long")
+
 
 MESSAGE_ID_DOMAIN = "relaybox"
 SMTP_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)
@@ -120,6 +135,10 @@ def _boundary(payloads: bytes) -> bytes:
     return boundary
 
 
+def _completed(code: int) -> bool:
+    return 200 <= code < 300
+
+
 def _classify(code: int, message: str) -> RetryableError | PermanentError:
     text = f"SMTP {code}: {message}"
     return RetryableError(text) if 400 <= code < 500 else PermanentError(text)
@@ -152,13 +171,19 @@ class SmtpProvider:
                     smtp.close()
                     smtp, _ = await self._checkout(fresh=True)
                     await _transmit(smtp, email, raw)
+            except aiosmtplib.SMTPDataError as exc:
+                smtp.close()  # never reuse a session after an unexpected reply
+                if not _completed(exc.code):
+                    raise _translate(exc) from None
+                # Any 2yz reply means "completed" (RFC 5321 4.2.1): the server took the message.
             except SMTP_ERRORS as exc:
                 smtp.close()
                 raise _translate(exc) from None
             except BaseException:
                 smtp.close()  # cancelled mid-session: never reuse it
                 raise
-            self._idle.append((smtp, time.monotonic()))
+            else:
+                self._idle.append((smtp, time.monotonic()))
         return message_id_for(email.id)
 
     async def _checkout(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:

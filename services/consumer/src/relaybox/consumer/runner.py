@@ -16,15 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
-from relaybox.common.providers.base import EmailProvider
-from relaybox.common.providers.email_api import EmailApiProvider
-from relaybox.common.providers.meta import MetaProvider
-from relaybox.common.providers.smtp import SmtpProvider
-from relaybox.common.ratelimit import RateLimiter
-from relaybox.consumer.dispatcher import Dispatcher
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
+from relaybox.consumer.mailings.dispatcher import Dispatcher
 from relaybox.consumer.mailings.handler import MailingParseHandler
+from relaybox.consumer.providers.base import EmailProvider
+from relaybox.consumer.providers.email_api import EmailApiProvider
+from relaybox.consumer.providers.meta import MetaProvider
+from relaybox.consumer.providers.smtp import SmtpProvider
+from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.consumer.sweeper import Sweeper, SweptRoute
 from relaybox.consumer.worker import Handler, Worker
@@ -48,12 +48,31 @@ def email_provider(settings: ConsumerSettings) -> EmailProvider:
     return SmtpProvider(settings.smtp)
 
 
+def booking_horizon(settings: ConsumerSettings) -> float:
+    """How far ahead a replica may hold rate-limit slots: what it can use within its shutdown
+    grace, and no more than a lease (what a killed replica leaks then delays the next send by
+    no more than its claims already do)."""
+    return min(settings.shutdown_grace_s, settings.lease_s)
+
+
 def email_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimiter | None:
     """The global limiter of the email provider (the HTTP API has a low contractual limit)."""
     if settings.email_provider != "http-api":
         return None
     api = settings.email_api
-    return RateLimiter(engine, EMAIL_API_LIMIT_KEY, api.rate_per_second, safety=api.rate_safety)
+    return RateLimiter(
+        engine,
+        EMAIL_API_LIMIT_KEY,
+        api.rate_per_second,
+        safety=api.rate_safety,
+        horizon_s=booking_horizon(settings),
+    )
+
+
+def meta_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimiter:
+    """The global limiter of the Meta-like API."""
+    rate = settings.meta.rate_per_second
+    return RateLimiter(engine, META_LIMIT_KEY, rate, horizon_s=booking_horizon(settings))
 
 
 @dataclass
@@ -80,9 +99,8 @@ def create_consumer(settings: ConsumerSettings) -> Consumer:
     topology = Topology.from_settings(settings.broker)
     email = email_provider(settings)
     meta = MetaProvider(settings.meta)
-    meta_limiter = RateLimiter(engine, META_LIMIT_KEY, settings.meta.rate_per_second)
     email_handler = EmailHandler(engine, topology, settings, email, email_limiter(settings, engine))
-    meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter)
+    meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter(settings, engine))
     parse_handler = MailingParseHandler(engine, settings, settings.mailings)
     handlers: list[Handler] = [email_handler, meta_handler, parse_handler]
     sweeper = Sweeper(

@@ -17,17 +17,12 @@ import httpx
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, SecretStr
 
-from relaybox.common.providers.base import (
-    OutgoingEmail,
-    PermanentError,
-    ProviderError,
-    RateLimitedError,
-    RetryableError,
-)
-from relaybox.common.providers.meta import retry_after
+from relaybox.consumer.providers.base import OutgoingEmail, ProviderError, RetryableError
+from relaybox.consumer.providers.http import accepted, body_json, error_text, provider_id, refusal
 
 log = logging.getLogger(__name__)
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+DEFAULT_TOKEN_TTL_S = 1800.0
+"""The contract's token lifetime, assumed when a token answer does not say (`expires_in`)."""
 TOKEN_REFRESHES = Counter("relaybox_email_api_token_refreshes_total", "Email API tokens fetched")
 
 
@@ -61,13 +56,20 @@ class EmailApiSettings(BaseModel):
         return self.password.get_secret_value()
 
 
-def _detail(response: httpx.Response) -> str:
+def _token_answer(response: httpx.Response) -> tuple[str, float]:
+    """The bearer token and its lifetime from a 2xx token answer (contract: any JSON)."""
+    data = body_json(response)
+    token = data.get("access_token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise RetryableError("email API token answer has no access_token")
+    expires_in = data.get("expires_in") if isinstance(data, dict) else None
     try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    text = detail if isinstance(detail, str) else response.reason_phrase
-    return f"HTTP {response.status_code}: {text}"[:500]
+        ttl = float(expires_in) if expires_in is not None else DEFAULT_TOKEN_TTL_S
+    except (TypeError, ValueError):
+        ttl = DEFAULT_TOKEN_TTL_S
+    if not ttl > 0 or ttl == float("inf"):
+        ttl = DEFAULT_TOKEN_TTL_S
+    return token.strip(), ttl
 
 
 class TokenSource:
@@ -109,15 +111,15 @@ class TokenSource:
             raise RetryableError("email API token request timed out") from None
         except httpx.TransportError as exc:
             raise RetryableError(f"email API unreachable: {type(exc).__name__}") from None
-        if response.status_code != 200:
+        if not accepted(response):
             # Wrong credentials are an operator problem: retry (then DLQ), never fail for good.
-            raise RetryableError(f"email API refused the token request: {_detail(response)}")
-        data = response.json()
-        self._token = str(data["access_token"])
-        self._expires_at = time.monotonic() + float(data.get("expires_in", 1800))
+            detail = error_text(response, "detail")
+            raise RetryableError(f"email API refused the token request: {detail}")
+        self._token, ttl = _token_answer(response)
+        self._expires_at = time.monotonic() + ttl
         self.refreshes += 1
         TOKEN_REFRESHES.inc()
-        log.info("email API token refreshed", extra={"expires_in": data.get("expires_in")})
+        log.info("email API token refreshed", extra={"expires_in": ttl})
 
 
 class EmailApiProvider:
@@ -135,20 +137,18 @@ class EmailApiProvider:
         with contextlib.suppress(ProviderError):
             await self.tokens.get()
 
-    async def send(self, email: OutgoingEmail) -> str:
+    async def send(self, email: OutgoingEmail) -> str | None:
         body = {"to": email.to, "subject": email.subject, "body": email.text or email.html or ""}
         token = await self.tokens.get()
         response = await self._post(body, token, email.id)
         if response.status_code == 401:  # expired early or revoked: one refresh, one more try
             await self.tokens.invalidate(token)
             response = await self._post(body, await self.tokens.get(), email.id)
-        if response.status_code in (200, 202):
-            return str(response.json().get("message_id", ""))
-        if response.status_code == 429:
-            raise RateLimitedError(_detail(response), retry_after=retry_after(response))
-        if response.status_code in RETRYABLE_STATUS or response.status_code == 401:
-            raise RetryableError(_detail(response), retry_after=retry_after(response))
-        raise PermanentError(_detail(response))
+        if accepted(response):  # whatever the body: the id when it has one
+            return provider_id(response, "message_id", "id")
+        if response.status_code == 401:  # refused twice: the credentials, not the email
+            raise RetryableError(error_text(response, "detail"))
+        raise refusal(response, "detail")
 
     async def _post(self, body: dict[str, str], token: str, key: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}

@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.delivery import IN_FLIGHT_SQL
 from relaybox.common.messaging.topology import EMAIL_SEND
 from relaybox.common.outbox import enqueue
 
@@ -31,14 +32,14 @@ DISPATCH_LOCK = 0x6D61696C  # "mail"
 TOKEN_BYTES = 32  # 256 bits
 
 IN_FLIGHT = text(
-    """
+    f"""
     SELECT count(*) FROM mailing_recipients r JOIN emails e ON e.id = r.email_id
-    WHERE r.status = 'QUEUED' AND e.status IN ('PENDING', 'SENDING')
-    """
+    WHERE r.status = 'QUEUED' AND e.status IN {IN_FLIGHT_SQL}
+    """  # noqa: S608 - constants of the code
 )
 CANDIDATES = text(
     """
-    SELECT m.id AS mailing_id, m.client_id, m.subject, m.body_template, p.id, p.email
+    SELECT m.id AS mailing_id, m.tenant_id, m.subject, m.body_template, p.id, p.email
     FROM (SELECT * FROM mailings WHERE status = 'RUNNING' ORDER BY updated_at, id
           FOR SHARE SKIP LOCKED) AS m
     CROSS JOIN LATERAL (
@@ -58,21 +59,21 @@ QUEUE_RECIPIENT = text(
 )
 INSERT_EMAIL = text(
     """
-    INSERT INTO emails (id, client_id, to_address, from_address, subject, text_body)
-    VALUES (:id, :client_id, :to, :from_, :subject, :body)
+    INSERT INTO emails (id, tenant_id, to_address, from_address, subject, text_body)
+    VALUES (:id, :tenant_id, :to, :from_, :subject, :body)
     """
 )
 TOUCH_MAILINGS = text("UPDATE mailings SET updated_at = clock_timestamp() WHERE id = ANY(:ids)")
 COMPLETE = text(
-    """
+    f"""
     UPDATE mailings m SET status = 'COMPLETED', finished_at = now(), updated_at = now()
     WHERE m.status = 'RUNNING' AND NOT EXISTS (
         SELECT 1 FROM mailing_recipients r LEFT JOIN emails e ON e.id = r.email_id
         WHERE r.mailing_id = m.id
-          AND (r.status = 'PENDING' OR (r.status = 'QUEUED' AND e.status IN ('PENDING', 'SENDING')))
+          AND (r.status = 'PENDING' OR (r.status = 'QUEUED' AND e.status IN {IN_FLIGHT_SQL}))
     )
     RETURNING m.id::text
-    """
+    """  # noqa: S608 - constants of the code
 )
 
 
@@ -141,7 +142,7 @@ class Dispatcher:
             INSERT_EMAIL,
             {
                 "id": email_id,
-                "client_id": row.client_id,
+                "tenant_id": row.tenant_id,
                 "to": row.email,
                 "from_": self.default_from,
                 "subject": row.subject,

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 import httpx
 from pydantic import BaseModel, Field
 
-from relaybox.common.providers.base import PermanentError, RateLimitedError, RetryableError
-
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+from relaybox.consumer.providers.base import RetryableError
+from relaybox.consumer.providers.http import (
+    accepted,
+    body_json,
+    provider_id,
+    refusal,
+    usable_id,
+)
 
 
 class MetaProviderSettings(BaseModel):
@@ -30,21 +35,13 @@ class OutgoingChat:
     text: str
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form), if any."""
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("error")
-    except ValueError:
-        detail = None
-    return f"HTTP {response.status_code}: {detail or response.reason_phrase}"[:500]
+def _cloud_api_id(response: httpx.Response) -> str | None:
+    """The id in the WhatsApp Cloud API's shape: `{"messages": [{"id": "wamid..."}]}`."""
+    data = body_json(response)
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        return usable_id(messages[0].get("id"))
+    return None
 
 
 class MetaProvider:
@@ -55,7 +52,7 @@ class MetaProvider:
     def __init__(self, settings: MetaProviderSettings) -> None:
         self._client = httpx.AsyncClient(base_url=settings.base_url, timeout=settings.timeout_s)
 
-    async def send(self, chat: OutgoingChat) -> str:
+    async def send(self, chat: OutgoingChat) -> str | None:
         body = {
             "channel": chat.channel,
             "to": chat.to,
@@ -68,16 +65,10 @@ class MetaProvider:
             raise RetryableError("Meta API timed out") from None
         except httpx.TransportError as exc:
             raise RetryableError(f"Meta API unreachable: {type(exc).__name__}") from None
-        if response.status_code == 429:
-            raise RateLimitedError(_error_text(response), retry_after=retry_after(response))
-        if response.status_code in RETRYABLE_STATUS:
-            raise RetryableError(_error_text(response), retry_after=retry_after(response))
-        if response.status_code >= 400:
-            raise PermanentError(_error_text(response))
-        try:
-            return str(response.json()["providerMessageId"])
-        except (ValueError, KeyError, TypeError):
-            raise RetryableError("Meta API answered without a providerMessageId") from None
+        if accepted(response):  # whatever the body: the id when it has one
+            found = provider_id(response, "providerMessageId", "message_id", "id")
+            return found or _cloud_api_id(response)
+        raise refusal(response, "error", "detail", "message")
 
     async def close(self) -> None:
         await self._client.aclose()
