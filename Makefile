@@ -12,7 +12,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token test test-fast chaos fuzz bench bench-smoke lint fmt typecheck up down
+.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -52,8 +52,11 @@ test: install ## the whole suite against real PostgreSQL and RabbitMQ
 test-fast: install ## unit tests only
 	$(RUN) pytest -q tests/unit
 
-chaos: install ## crash tests plus the long kill-and-restart soak
-	RELAYBOX_CHAOS_SOAK=1 $(RUN) pytest -q -m chaos tests/chaos --timeout 900
+chaos: install ## the chaos run (10,000 items; kills, RabbitMQ and PostgreSQL restarts, provider faults) and its ledger
+	$(RUN) python -m tests.chaos
+
+chaos-smoke: install ## the ~60 s chaos smoke of the test suite (kills and provider faults only)
+	$(RUN) python -m tests.chaos --smoke
 
 FUZZ_EXAMPLES ?= 200
 fuzz: install ## schemathesis --checks all against a live API on a fresh database (FUZZ_EXAMPLES per operation)

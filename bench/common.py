@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -25,6 +24,9 @@ import aio_pika
 import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
+from tests.support.databases import drop_database_async
+from tests.support.processes import cpu_seconds as cpu_seconds
+from tests.support.processes import die_with_parent
 
 from relaybox.common.db.migrate import upgrade
 from relaybox.common.db.session import asyncpg_dsn
@@ -62,17 +64,7 @@ def bench_database(tag: str) -> Iterator[str]:
         upgrade(rendered)
         yield rendered
     finally:
-        asyncio.run(_drop_database(rendered))
-
-
-async def _drop_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = asyncpg_dsn(parsed.set(database="postgres").render_as_string(hide_password=False))
-    conn = await asyncpg.connect(admin, timeout=10)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        asyncio.run(drop_database_async(rendered))
 
 
 async def truncate(url: str) -> None:
@@ -109,16 +101,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def postgres_backends(database: str) -> dict[int, float]:
@@ -178,13 +160,6 @@ class CpuMeter:
         return self.used
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the benchmark process dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Service:
     """A service in a subprocess, its stderr in a temporary file (shown if it fails)."""
@@ -205,7 +180,7 @@ class Service:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
 
     @property

@@ -587,7 +587,7 @@ async def test_messages_record_every_accepted_email_per_recipient(
     assert alice["total"] == 2
     assert [m["body"] for m in alice["data"]] == ["Your token: tok-a", "Your token: tok-c"]
     record = alice["data"][0]
-    assert set(record) == {"messageId", "to", "subject", "body", "acceptedAt"}
+    assert set(record) == {"messageId", "to", "subject", "body", "acceptedAt", "idempotencyKey"}
     assert (record["to"], record["subject"]) == ("alice@example.com", "Welcome")
     assert record["acceptedAt"].endswith("Z")
     assert (await _messages(http, to="carol@example.com")) == {"data": [], "total": 0}
@@ -648,6 +648,7 @@ async def test_config_defaults_come_from_settings(http: httpx.AsyncClient) -> No
     assert response.json() == {
         "failNext": 0,
         "failStatus": 503,
+        "failureRate": 0.0,
         "delayMs": 0,
         "tokenTtlS": TTL_S,
         "rateLimitPerWindow": 1,

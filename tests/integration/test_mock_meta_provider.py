@@ -756,6 +756,7 @@ async def test_config_defaults_come_from_settings(
 ) -> None:
     assert (await http.get("/config")).json() == {
         "failureRate": 0.0,
+        "failureStatuses": sorted(TRANSIENT),
         "duplicateRate": 0.0,
         "outOfOrderRate": 0.0,
         "delayMaxMs": 0,

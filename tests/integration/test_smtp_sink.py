@@ -170,11 +170,17 @@ async def test_config_routes_steer_the_sink(sink: SmtpSink, http: httpx.AsyncCli
         "mode": "accept",
         "failNext": 0,
         "failure": "transient",
+        "failureRate": 0.0,
     }
 
     posted = await http.post("/smtp/config", json={"failNext": 1, "failure": "transient"})
     assert posted.status_code == 200
-    assert posted.json() == {"mode": "accept", "failNext": 1, "failure": "transient"}
+    assert posted.json() == {
+        "mode": "accept",
+        "failNext": 1,
+        "failure": "transient",
+        "failureRate": 0.0,
+    }
     with pytest.raises(aiosmtplib.SMTPResponseException) as caught:
         await _send(sink, _email())
     assert caught.value.code == 451

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from relaybox.common.faults import CRASH_EXIT_CODE
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 
-__all__ = ["CRASH_EXIT_CODE", "service_env", "start_service", "wait_exit"]
+__all__ = [
+    "CRASH_EXIT_CODE",
+    "cpu_seconds",
+    "die_with_parent",
+    "service_env",
+    "start_service",
+    "wait_exit",
+]
 
 
 def service_env(db: DatabaseSettings, broker: BrokerSettings, **overrides: Any) -> dict[str, str]:
@@ -47,3 +58,20 @@ async def wait_exit(process: asyncio.subprocess.Process, timeout: float = 30.0) 
         process.kill()
         await process.wait()
         raise AssertionError(f"process did not exit within {timeout}s") from None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child before exec: receive `sig` when the parent dies (Linux), never outlive it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks

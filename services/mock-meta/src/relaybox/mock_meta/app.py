@@ -1,4 +1,5 @@
-"""The mock-meta Litestar application: health, metrics, the SMTP sink, Meta-like and email API."""
+"""The mock-meta Litestar application: health, metrics, the SMTP sink, Meta-like and email API,
+and the providers' call ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import msgspec
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -16,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relaybox.mock_meta.email_api_mock import EmailApiMock
 from relaybox.mock_meta.email_api_routes import BEARER_SCHEME, build_email_api_router
+from relaybox.mock_meta.ledger import LedgerView
 from relaybox.mock_meta.meta_mock import MetaMock
 from relaybox.mock_meta.meta_routes import build_meta_router
 from relaybox.mock_meta.settings import MockMetaSettings
@@ -39,6 +42,30 @@ async def health() -> Health:
 def metrics() -> Response[bytes]:
     """Prometheus metrics of this process."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class Ledgers(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Every provider's calls per item key: SMTP by Message-ID (no angle brackets), the email
+    API by `Idempotency-Key`, Meta by `clientMessageId`."""
+
+    smtp: LedgerView
+    email_api: LedgerView
+    meta: LedgerView
+
+
+def ledger_route(sink: SmtpSink, meta: MetaMock, email_api: EmailApiMock) -> HTTPRouteHandler:
+    """`GET /ledger` over the three mocks (cleared by each one's `DELETE .../messages`)."""
+
+    @get("/ledger", tags=["ledger"], sync_to_thread=False)
+    def ledger() -> Ledgers:
+        """Calls per item and when each was accepted, from every mock provider."""
+        return Ledgers(
+            smtp=sink.ledger.view(),
+            email_api=email_api.ledger.view(),
+            meta=meta.state.ledger.view(),
+        )
+
+    return ledger
 
 
 def sink_lifespan(sink: SmtpSink) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -94,6 +121,7 @@ def create_app(
             build_smtp_router(smtp_sink),
             build_meta_router(meta_mock),
             build_email_api_router(email_api_mock),
+            ledger_route(smtp_sink, meta_mock, email_api_mock),
         ],
         lifespan=[sink_lifespan(smtp_sink), meta_lifespan(meta_mock)],
         state=State(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import random
 import time
 import uuid
 from collections import deque
@@ -27,6 +28,7 @@ from relaybox.mock_meta.email_api_models import (
     INVALID_TOKEN,
     MAX_BODY,
     MAX_SUBJECT,
+    RANDOM_FAIL_STATUSES,
     SERVER_ERROR,
     SUBJECT_TOO_LONG,
     UNAVAILABLE,
@@ -45,6 +47,7 @@ from relaybox.mock_meta.email_api_models import (
     rate_limit_detail,
 )
 from relaybox.mock_meta.email_api_tokens import TokenIssuer, bearer_token
+from relaybox.mock_meta.ledger import CallLedger
 from relaybox.mock_meta.meta_models import format_timestamp
 from relaybox.mock_meta.meta_state import Clock
 from relaybox.mock_meta.metrics import EMAIL_API_SENDS, EMAIL_API_TOKENS
@@ -166,6 +169,7 @@ class EmailApiMock:
         self._config = EmailApiConfig(
             fail_next=0,
             fail_status=503,
+            failure_rate=0.0,
             delay_ms=0,
             token_ttl_s=settings.token_ttl_s,
             rate_limit_per_window=settings.rate_limit_per_window,
@@ -175,6 +179,8 @@ class EmailApiMock:
         self._messages: deque[EmailRecord] = deque(maxlen=settings.max_messages)
         self._admitted = SlidingLog()  # sends the rate limiter let through
         self._accepted = SlidingLog()  # accepted sends, for maxObservedPerWindow
+        self._rng = random.Random()
+        self.ledger = CallLedger()
 
     @property
     def config(self) -> EmailApiConfig:
@@ -194,8 +200,10 @@ class EmailApiMock:
         return self._config
 
     def reset(self) -> None:
-        """Forget accepted emails, zero the stats and the rate windows (config and tokens stay)."""
+        """Forget accepted emails and the ledger, zero the stats and the rate windows (config and
+        tokens stay)."""
         self.stats = EmailApiStats()
+        self.ledger.clear()
         self._messages.clear()
         self._admitted.clear()
         self._accepted.clear()
@@ -230,11 +238,15 @@ class EmailApiMock:
         body = TokenIssued(access_token=token, expires_in=ttl_s)
         return Answer(200, body, {"Cache-Control": "no-store"})
 
-    def send(self, authorization: str | None, raw: bytes) -> Answer:
-        """Answer POST /send-email: token, body shape, simulated failure, checks, rate limit."""
-        answer = self._decide_send(authorization, raw)
+    def send(
+        self, authorization: str | None, raw: bytes, idempotency_key: str | None = None
+    ) -> Answer:
+        """Answer POST /send-email: token, body shape, simulated failure, checks, rate limit.
+        Every call is in the ledger under its `Idempotency-Key`."""
+        answer = self._decide_send(authorization, raw, idempotency_key)
         self.stats.received += 1
         code = answer.status_code
+        self.ledger.record(idempotency_key, accepted=code == 202)
         if code == 202:
             self.stats.accepted += 1
         else:
@@ -243,7 +255,9 @@ class EmailApiMock:
         EMAIL_API_SENDS.labels(_OUTCOMES.get(code, "failed")).inc()
         return answer
 
-    def _decide_send(self, authorization: str | None, raw: bytes) -> Answer:
+    def _decide_send(
+        self, authorization: str | None, raw: bytes, idempotency_key: str | None
+    ) -> Answer:
         if self._tokens.verify(bearer_token(authorization)) is None:
             return _error(401, INVALID_TOKEN, _UNAUTHORIZED_HEADERS)
         request = parse_body(EmailRequest, raw)
@@ -260,15 +274,18 @@ class EmailApiMock:
         if retry_after is not None:
             self.stats.rate_limited += 1
             return self._rate_limited(retry_after)
-        return self._accept(request, now)
+        return self._accept(request, now, idempotency_key)
 
     def _take_failure(self) -> Answer | None:
         config = self._config
-        if config.fail_next <= 0:
+        if config.fail_next > 0:
+            self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
+            status: int = config.fail_status
+        elif config.failure_rate > 0 and self._rng.random() < config.failure_rate:
+            status = self._rng.choice(RANDOM_FAIL_STATUSES)
+        else:
             return None
-        self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
         self.stats.simulated_failures += 1
-        status = config.fail_status
         if status == 429:
             return self._rate_limited(max(1, math.ceil(config.rate_window_s)))
         headers = _UNAUTHORIZED_HEADERS if status == 401 else None
@@ -291,13 +308,14 @@ class EmailApiMock:
         detail = rate_limit_detail(limit, config.rate_window_s)
         return _error(429, detail, {"Retry-After": str(retry_after_s)})
 
-    def _accept(self, request: EmailRequest, now: float) -> Answer:
+    def _accept(self, request: EmailRequest, now: float, idempotency_key: str | None) -> Answer:
         record = EmailRecord(
             message_id=f"msg_{uuid.uuid4().hex}",
             to=request.to,
             subject=request.subject,
             body=request.body,
             accepted_at=format_timestamp(datetime.now(UTC)),
+            idempotency_key=idempotency_key,
         )
         self._messages.append(record)
         self._accepted.prune(now, self._config.rate_window_s)

@@ -31,6 +31,8 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 DelayMs = Annotated[int, msgspec.Meta(ge=0, le=60_000)]
 TtlS = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
 WindowS = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+Rate = Annotated[float, msgspec.Meta(ge=0, le=1, description="probability in [0, 1]; 0 = never")]
+RANDOM_FAIL_STATUSES = (500, 502, 503)
 
 
 def rate_limit_detail(limit: int, window_s: float) -> str:
@@ -108,10 +110,12 @@ class EmailApiHealth(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EmailApiConfig(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The behaviour switches; limits start from the settings."""
+    """The behaviour switches; limits start from the settings. After the `fail_next` sends,
+    a random `failure_rate` of the others get a 500, 502 or 503."""
 
     fail_next: Count
     fail_status: FailStatus
+    failure_rate: Rate
     delay_ms: DelayMs
     token_ttl_s: TtlS
     rate_limit_per_window: Count
@@ -126,6 +130,7 @@ class EmailApiConfigPatch(
 
     fail_next: Count | UnsetType = UNSET
     fail_status: FailStatus | UnsetType = UNSET
+    failure_rate: Rate | UnsetType = UNSET
     delay_ms: DelayMs | UnsetType = UNSET
     token_ttl_s: TtlS | UnsetType = UNSET
     rate_limit_per_window: Count | UnsetType = UNSET
@@ -150,13 +155,14 @@ class EmailApiStats(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class EmailRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """One accepted email as it arrived."""
+    """One accepted email as it arrived, with the caller's `Idempotency-Key` if it sent one."""
 
     message_id: str
     to: str
     subject: str
     body: str
     accepted_at: str
+    idempotency_key: str | None = None
 
 
 class EmailRecordList(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,10 +72,14 @@ class EmailApiController(Controller):
         authorization: Annotated[
             str | None, HeaderParameter(name="Authorization", required=False)
         ] = None,
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+        ] = None,
     ) -> Response[Body]:
-        """Queue `{to, subject, body}`; decided on arrival, answered after the configured delay."""
+        """Queue `{to, subject, body}`; decided on arrival, answered after the configured delay.
+        An `Idempotency-Key` is recorded (the ledger counts calls per key), never de-duplicated."""
         delay_s = email_api.config.delay_ms / 1000
-        answer = email_api.send(authorization, body)
+        answer = email_api.send(authorization, body, idempotency_key)
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         return _respond(answer)

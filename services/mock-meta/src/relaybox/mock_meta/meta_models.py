@@ -17,6 +17,10 @@ Rate = Annotated[float, msgspec.Meta(ge=0, le=1, description="probability in [0,
 DelayMs = Annotated[int, msgspec.Meta(ge=0, le=60_000)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 FailStatus = Annotated[int, msgspec.Meta(ge=400, le=599, description="HTTP status of failNext")]
+FailStatuses = Annotated[
+    tuple[Annotated[int, msgspec.Meta(ge=400, le=599)], ...],
+    msgspec.Meta(min_length=1, description="statuses a random failure picks from"),
+]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
 NonEmpty = Annotated[str, msgspec.Meta(pattern=r"\S")]
 
@@ -84,9 +88,11 @@ class SentMessage(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class MetaConfig(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The behaviour switches; `seed` is the seed the RNG was last seeded with."""
+    """The behaviour switches; `seed` is the seed the RNG was last seeded with. A random
+    failure (`failureRate`) answers one of `failureStatuses`."""
 
     failure_rate: Rate
+    failure_statuses: FailStatuses
     duplicate_rate: Rate
     out_of_order_rate: Rate
     delay_max_ms: DelayMs
@@ -105,6 +111,7 @@ class ConfigPatch(
     """POST /config: the given fields replace the current ones; `seed` (null = random) reseeds."""
 
     failure_rate: Rate | UnsetType = UNSET
+    failure_statuses: FailStatuses | UnsetType = UNSET
     duplicate_rate: Rate | UnsetType = UNSET
     out_of_order_rate: Rate | UnsetType = UNSET
     delay_max_ms: DelayMs | UnsetType = UNSET

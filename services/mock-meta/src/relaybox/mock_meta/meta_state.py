@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from relaybox.mock_meta.ledger import CallLedger
 from relaybox.mock_meta.meta_models import (
     CHANNELS,
     Channel,
@@ -78,6 +79,7 @@ class MetaState:
         self._rng.seed(seed)
         self._config = MetaConfig(
             failure_rate=settings.failure_rate,
+            failure_statuses=TRANSIENT_STATUSES,
             duplicate_rate=settings.duplicate_rate,
             out_of_order_rate=settings.out_of_order_rate,
             delay_max_ms=settings.delay_max_ms,
@@ -90,6 +92,7 @@ class MetaState:
             webhook_url=settings.webhook_url,
         )
         self.stats = MetaStats()
+        self.ledger = CallLedger()
         self._messages: OrderedDict[str, SentMessage] = OrderedDict()
         self._by_client_id: dict[str, str] = {}
         self._window: deque[float] = deque()
@@ -119,8 +122,10 @@ class MetaState:
         return self._config
 
     def reset(self) -> None:
-        """Forget sent messages, zero the stats and the rate-limit window (config stays)."""
+        """Forget sent messages and the ledger, zero the stats and the rate-limit window (config
+        stays)."""
         self.stats = MetaStats()
+        self.ledger.clear()
         self._messages.clear()
         self._by_client_id.clear()
         self._window.clear()
@@ -136,7 +141,13 @@ class MetaState:
         return self._messages.get(provider_message_id)
 
     def submit(self, request: SendRequest) -> SendOutcome:
-        """Decide one send: validate, rate limit, injected failures, de-duplication, accept."""
+        """Decide one send: validate, rate limit, injected failures, de-duplication, accept.
+        The ledger counts it under its clientMessageId (a de-duplicated answer is no new send)."""
+        outcome = self._decide(request)
+        self.ledger.record(request.client_message_id, accepted=outcome.message is not None)
+        return outcome
+
+    def _decide(self, request: SendRequest) -> SendOutcome:
         self.count_received(request.client_message_id)
         send = _validate(request)
         if isinstance(send, str):
@@ -168,6 +179,7 @@ class MetaState:
     def count_unreadable(self, detail: str | None = None) -> SendOutcome:
         """A POST /messages whose body is not a JSON object of the expected types."""
         self.count_received(None)
+        self.ledger.record(None, accepted=False)
         error = "the body must be a JSON object with string fields"
         return self._fail(400, f"{error} ({detail})" if detail else error)
 
@@ -198,7 +210,7 @@ class MetaState:
             self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
             return config.fail_status
         if config.failure_rate > 0 and self._rng.random() < config.failure_rate:
-            return self._rng.choice(TRANSIENT_STATUSES)
+            return self._rng.choice(config.failure_statuses)
         return None
 
     def _original(self, client_message_id: str | None) -> SentMessage | None:

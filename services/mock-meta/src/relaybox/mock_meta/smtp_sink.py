@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import weakref
+from email.parser import BytesHeaderParser
 from typing import Annotated, Any, Literal
 
 import msgspec
 from aiosmtpd.smtp import SMTP
 
+from relaybox.mock_meta.ledger import CallLedger
 from relaybox.mock_meta.settings import SmtpSinkSettings
 from relaybox.mock_meta.smtp_store import MessageStore, parse_message
 
@@ -28,11 +31,13 @@ _HOSTNAME = "mock-meta.relaybox.local"
 class SinkConfig(
     msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
-    """Failure switches: `fail_next` messages get `failure`, then `mode` applies to the rest."""
+    """Failure switches: `fail_next` messages get `failure`, then `mode` applies to the rest;
+    in `accept` mode a random `failure_rate` of them get `failure` too."""
 
     mode: SinkMode = "accept"
     fail_next: Annotated[int, msgspec.Meta(ge=0)] = 0
     failure: FailureKind = "transient"
+    failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
 
 class SinkStats(msgspec.Struct, kw_only=True, rename="camel"):
@@ -64,6 +69,8 @@ class SmtpSink:
         self._config = SinkConfig()
         self._stats = SinkStats()
         self._handler = _SinkHandler(self)
+        self._rng = random.Random()
+        self.ledger = CallLedger()
         self._server: asyncio.Server | None = None
         self._connections: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
 
@@ -112,9 +119,10 @@ class SmtpSink:
         return config
 
     def reset(self) -> None:
-        """Forget every message and zero the counters (the failure switches stay)."""
+        """Forget every message, the ledger and the counters (the failure switches stay)."""
         self._store.clear()
         self._stats = SinkStats()
+        self.ledger.clear()
 
     async def start(self) -> None:
         """Listen in the running event loop; a no-op when already listening."""
@@ -141,6 +149,7 @@ class SmtpSink:
     def receive(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> str:
         """Record or reject one message; returns the SMTP reply to the end of DATA."""
         failure = self._take_failure()
+        self.ledger.record(_message_id(raw), accepted=failure is None)
         if failure is not None:
             self._count_rejection(failure)
             log.info("smtp sink rejected a message", extra={"failure": failure, "to": rcpt_tos})
@@ -155,7 +164,11 @@ class SmtpSink:
         if config.fail_next > 0:
             self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
             return config.failure
-        return None if config.mode == "accept" else config.mode
+        if config.mode != "accept":
+            return config.mode
+        if config.failure_rate > 0 and self._rng.random() < config.failure_rate:
+            return config.failure
+        return None
 
     def _count_rejection(self, failure: FailureKind) -> None:
         if failure == "transient":
@@ -169,6 +182,12 @@ class SmtpSink:
         )
         self._connections.add(protocol)
         return protocol
+
+
+def _message_id(raw: bytes) -> str | None:
+    """The Message-ID header without its angle brackets (the ledger's key), if any."""
+    value = BytesHeaderParser().parsebytes(raw).get("Message-ID")
+    return None if value is None else str(value).strip().strip("<>").strip() or None
 
 
 def _close_transport(protocol: asyncio.BaseProtocol) -> None:
