@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.mailings.dispatcher import Dispatcher
+from relaybox.consumer.providers.smtp import SmtpProvider
 from relaybox.mock_meta.smtp_sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,
@@ -169,3 +171,38 @@ async def test_each_recipient_receives_its_own_token(
     tokens = [m.group(1) for m in received if m]
     assert {hashlib.sha256(t.encode()).hexdigest() for t in tokens} == stored
     assert log_bodies == {BODY}
+
+
+async def test_a_stale_token_is_replaced_so_the_mailed_one_always_verifies(
+    engine: AsyncEngine, topology: Topology, db_settings: DatabaseSettings, sink: SmtpSink
+) -> None:
+    """The sweeper's tokenless copy of a message issues a new token; the original message,
+    arriving later with the old one, must not mail a token that no longer verifies."""
+    await make_mailing(engine, 1)
+    await Dispatcher(engine, max_in_flight=10).dispatch()
+    async with engine.connect() as conn:
+        email_id, original = (
+            await conn.execute(text("SELECT payload->>'id', payload->>'token' FROM outbox LIMIT 1"))
+        ).one()
+    settings = consumer_settings(db_settings, BrokerSettings(), sink.port)
+    handler = EmailHandler(engine, topology, settings, SmtpProvider(settings.smtp))
+
+    async def stored() -> str:
+        async with engine.connect() as conn:
+            found: str = (
+                await conn.execute(text("SELECT token_hash FROM mailing_recipients"))
+            ).scalar_one()
+            return found
+
+    def digest(token: str | None) -> str:
+        return hashlib.sha256((token or "").encode()).hexdigest()
+
+    assert await handler._current_token(email_id, original) == original  # the usual case
+    assert await stored() == digest(original)
+    reissued = await handler._current_token(email_id, None)  # the sweeper's copy
+    assert reissued not in (None, original)
+    assert await stored() == digest(reissued)
+    late = await handler._current_token(email_id, original)  # the original, late
+    assert late not in (None, original)
+    assert await stored() == digest(late)
+    assert await handler._current_token(str(uuid.uuid4()), "x") is None  # not a mailing's

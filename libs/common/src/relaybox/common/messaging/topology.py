@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
@@ -60,10 +61,24 @@ class Topology:
         return f"{self.prefix}{routing_key}.dlq"
 
     def retry_exchange(self, delay_ms: int) -> str:
-        return f"{self.prefix}relaybox.retry.{delay_ms}ms"
+        return f"{self.prefix}relaybox.retries.{delay_ms}ms"
 
     def retry_queue(self, delay_ms: int) -> str:
         return self.retry_exchange(delay_ms)
+
+    def retry_arguments(self, delay_ms: int) -> dict[str, Any]:
+        """A retry tier: a quorum queue whose messages expire after the delay and are
+        dead-lettered back to the work exchange **at least once**. (A classic queue dead-letters
+        at most once: a broker restart drops the messages that expire across it, as
+        `python -m tests.chaos.dead_letter_probe` shows; at-least-once needs `reject-publish`.)
+        """
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
     def exchange_for(self, destination: str) -> str | None:
         """The exchange an outbox destination publishes to, or None if unknown."""
@@ -129,9 +144,7 @@ class Topology:
             )
             exchanges[tier.name] = tier
             queue = await channel.declare_queue(
-                self.retry_queue(delay),
-                durable=True,
-                arguments={"x-message-ttl": delay, "x-dead-letter-exchange": self.exchange},
+                self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
             )
             await queue.bind(tier)
         return exchanges

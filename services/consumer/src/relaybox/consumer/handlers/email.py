@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
@@ -43,13 +43,15 @@ class EmailHandler(SendingHandler):
 
     async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
         text_body, html_body = row["text_body"], row["html_body"]
-        # A mailing's per-recipient token travels only in the message.
-        token = payload.get("token") if isinstance(payload.get("token"), str) else None
-        if token is None and TOKEN_PLACEHOLDER in f"{text_body}{html_body}":
-            token = await self._reissue_token(row["id"])
-        if token is not None:
-            text_body = text_body and text_body.replace(TOKEN_PLACEHOLDER, token)
-            html_body = html_body and html_body.replace(TOKEN_PLACEHOLDER, token)
+        if TOKEN_PLACEHOLDER in f"{text_body}{html_body}":
+            # A mailing's per-recipient token travels only in the message.
+            offered = payload.get("token")
+            token = await self._current_token(
+                row["id"], offered if isinstance(offered, str) else None
+            )
+            if token is not None:
+                text_body = text_body and text_body.replace(TOKEN_PLACEHOLDER, token)
+                html_body = html_body and html_body.replace(TOKEN_PLACEHOLDER, token)
         email = OutgoingEmail(
             id=str(row["id"]),
             to=row["to_address"],
@@ -60,17 +62,35 @@ class EmailHandler(SendingHandler):
         )
         return await self.provider.send(email)
 
-    async def _reissue_token(self, email_id: Any) -> str | None:
-        """A mailing email re-enqueued without its token (by the sweeper): issue a new one.
+    async def _current_token(self, email_id: Any, offered: str | None) -> str | None:
+        """The token to send: the message's own when the recipient's stored hash is still its
+        hash, else a new one whose hash replaces it. None when the email is not a mailing's
+        (then there is nothing to render).
 
-        Only the hash is stored, so the lost token cannot be recovered; the recipient gets a new
-        one and the stored hash follows it. Not a mailing email: nothing to render.
+        A message can carry a stale token: the sweeper re-enqueues a row whose lease ran out
+        without its token (only the hash is stored), the copy issues a new one, and the original
+        message, still retrying, arrives later. Sending its token would mail one that no longer
+        verifies. One statement checks and, if needed, replaces the hash.
         """
-        token = new_token()
-        updated = await self.in_tx(
-            lambda c: c.execute(
-                text("UPDATE mailing_recipients SET token_hash = :h WHERE email_id = :id"),
-                {"h": token_hash(token), "id": email_id},
+        fresh = new_token()
+        offered_hash = token_hash(offered) if offered is not None else None
+
+        async def swap(conn: asyncpg.Connection) -> bool | None:
+            kept: bool | None = await conn.fetchval(
+                _KEEP_OR_REPLACE_HASH, email_id, offered_hash, token_hash(fresh)
             )
-        )
-        return token if updated.rowcount else None
+            return kept
+
+        kept = await self.in_statement(swap)
+        if kept is None:
+            return None
+        return offered if kept else fresh
+
+
+# Keep the stored hash when it is the offered token's, else store the new one; answers which.
+_KEEP_OR_REPLACE_HASH = """
+UPDATE mailing_recipients
+SET token_hash = CASE WHEN token_hash = $2::text THEN token_hash ELSE $3::text END
+WHERE email_id = $1::uuid
+RETURNING (token_hash = $2::text) IS TRUE AS kept
+"""
