@@ -44,7 +44,7 @@ from relaybox.api.auth import issue_token
 from relaybox.api.settings import ApiSettings, AuthSettings
 from relaybox.common import runtime
 from relaybox.mock_meta.settings import SmtpSinkSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from relaybox.publisher.relay import Relay
 from tests.support.broker import drain_queue
 from tests.support.pipeline import (

@@ -14,7 +14,7 @@ from relaybox.api.settings import ApiSettings, AuthSettings, MetaGatewaySettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.settings import SmtpSinkSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import (
     Pipeline,
     consumer_settings,

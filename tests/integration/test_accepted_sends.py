@@ -24,7 +24,7 @@ from relaybox.consumer.providers.email_api import EmailApiProvider, EmailApiSett
 from relaybox.consumer.providers.http import MAX_RETRY_AFTER_S
 from relaybox.consumer.providers.meta import MetaProvider, MetaProviderSettings, OutgoingChat
 from relaybox.consumer.providers.smtp import SmtpProvider, SmtpSettings, message_id_for
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,
     email_row,

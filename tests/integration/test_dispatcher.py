@@ -16,7 +16,7 @@ from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.mailings.dispatcher import Dispatcher
 from relaybox.consumer.providers.smtp import SmtpProvider
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,
     eventually,

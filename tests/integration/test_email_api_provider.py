@@ -17,7 +17,7 @@ from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, Retr
 from relaybox.consumer.providers.email_api import EmailApiProvider, EmailApiSettings
 from relaybox.mock_meta.app import create_app as create_mock
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import (
     consumer_settings,
     publisher_settings,

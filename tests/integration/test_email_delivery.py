@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.outbox import enqueue
 from relaybox.common.settings import BrokerSettings
-from relaybox.mock_meta.smtp_sink import SinkConfig, SmtpSink
+from relaybox.mock_meta.smtp.sink import SinkConfig, SmtpSink
 from tests.support.broker import drain_queue, publish_raw, queue_depth
 from tests.support.pipeline import Pipeline, eventually, wait_final
 

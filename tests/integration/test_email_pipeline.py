@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import Pipeline, wait_final
 
 BODY = {"to": "alice@example.com", "subject": "Hello", "text": "Hi Alice"}

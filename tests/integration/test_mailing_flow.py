@@ -27,7 +27,7 @@ from relaybox.consumer.runner import mailing_in_flight
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.mock_meta.app import create_app as create_mock
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.support.pipeline import (
     Pipeline,
     consumer_settings,

@@ -23,7 +23,7 @@ from relaybox.api.settings import ApiSettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.providers.meta import MetaProviderSettings
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.sink import SmtpSink
 from tests.integration.conftest import WEBHOOK_SECRET
 from tests.support.pipeline import (
     Pipeline,

@@ -20,7 +20,7 @@ import pytest
 from litestar import Litestar
 
 from relaybox.mock_meta.app import create_app
-from relaybox.mock_meta.email_api_mock import EmailApiMock
+from relaybox.mock_meta.email_api.mock import EmailApiMock
 from relaybox.mock_meta.settings import (
     DEV_EMAIL_API_PASSWORD,
     DEV_EMAIL_API_USERNAME,

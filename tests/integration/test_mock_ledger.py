@@ -17,9 +17,9 @@ import pytest
 from litestar import Litestar
 
 from relaybox.mock_meta.app import create_app
-from relaybox.mock_meta.email_api_mock import EmailApiMock
+from relaybox.mock_meta.email_api.mock import EmailApiMock
 from relaybox.mock_meta.ledger import CallLedger
-from relaybox.mock_meta.meta_mock import MetaMock
+from relaybox.mock_meta.meta.mock import MetaMock
 from relaybox.mock_meta.settings import (
     DEV_EMAIL_API_PASSWORD,
     DEV_EMAIL_API_USERNAME,
@@ -28,7 +28,7 @@ from relaybox.mock_meta.settings import (
     MockMetaSettings,
     SmtpSinkSettings,
 )
-from relaybox.mock_meta.smtp_sink import SinkConfig, SmtpSink
+from relaybox.mock_meta.smtp.sink import SinkConfig, SmtpSink
 
 MESSAGE = {"channel": "whatsapp", "to": "+15550001111", "text": "hello"}
 EMAIL = {"to": "alice@example.com", "subject": "Welcome", "body": "hi"}

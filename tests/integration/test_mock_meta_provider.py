@@ -24,7 +24,7 @@ from litestar import Litestar, Request, Response, post
 from relaybox.common.observability.server import EmbeddedServer
 from relaybox.common.signing import DEV_WEBHOOK_SECRET, SIGNATURE_HEADER, verify
 from relaybox.mock_meta.app import create_app
-from relaybox.mock_meta.meta_mock import MetaMock
+from relaybox.mock_meta.meta.mock import MetaMock
 from relaybox.mock_meta.settings import (
     MetaMockSettings,
     MockMetaSettings,

@@ -13,7 +13,7 @@ from litestar import Litestar
 
 from relaybox.mock_meta.app import create_app
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings
-from relaybox.mock_meta.smtp_sink import SinkConfig, SmtpSink
+from relaybox.mock_meta.smtp.sink import SinkConfig, SmtpSink
 
 
 def _settings(max_messages: int = 100) -> MockMetaSettings:

@@ -16,14 +16,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relaybox.mock_meta.email_api_mock import EmailApiMock
-from relaybox.mock_meta.email_api_routes import BEARER_SCHEME, build_email_api_router
+from relaybox.mock_meta.email_api.mock import EmailApiMock
+from relaybox.mock_meta.email_api.routes import BEARER_SCHEME, build_email_api_router
 from relaybox.mock_meta.ledger import LedgerView
-from relaybox.mock_meta.meta_mock import MetaMock
-from relaybox.mock_meta.meta_routes import build_meta_router
+from relaybox.mock_meta.meta.mock import MetaMock
+from relaybox.mock_meta.meta.routes import build_meta_router
 from relaybox.mock_meta.settings import MockMetaSettings
-from relaybox.mock_meta.smtp_routes import build_smtp_router
-from relaybox.mock_meta.smtp_sink import SmtpSink
+from relaybox.mock_meta.smtp.routes import build_smtp_router
+from relaybox.mock_meta.smtp.sink import SmtpSink
 
 
 class Health(msgspec.Struct, frozen=True):

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import random
 import secrets
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
 
+from relaybox.mock_meta.control import SlidingLog, merged, take_failure
 from relaybox.mock_meta.ledger import CallLedger
-from relaybox.mock_meta.meta_models import (
+from relaybox.mock_meta.meta.models import (
     CHANNELS,
     Channel,
     ConfigPatch,
@@ -95,7 +95,7 @@ class MetaState:
         self.ledger = CallLedger()
         self._messages: OrderedDict[str, SentMessage] = OrderedDict()
         self._by_client_id: dict[str, str] = {}
-        self._window: deque[float] = deque()
+        self._window = SlidingLog()
 
     @property
     def config(self) -> MetaConfig:
@@ -109,16 +109,12 @@ class MetaState:
 
     def configure(self, patch: ConfigPatch) -> MetaConfig:
         """Merge the given fields into the config; a given `seed` (null = random) reseeds."""
-        changes = {
-            name: value
-            for name in patch.__struct_fields__
-            if (value := getattr(patch, name)) is not msgspec.UNSET
-        }
-        if "seed" in changes:
-            seed = changes["seed"] if changes["seed"] is not None else secrets.randbits(32)
-            changes["seed"] = seed
+        config = merged(self._config, patch, skip=("seed",))
+        if patch.seed is not msgspec.UNSET:
+            seed = patch.seed if patch.seed is not None else secrets.randbits(32)
             self._rng.seed(seed)
-        self._config = msgspec.structs.replace(self._config, **changes)
+            config = msgspec.structs.replace(config, seed=seed)
+        self._config = config
         return self._config
 
     def reset(self) -> None:
@@ -193,25 +189,20 @@ class MetaState:
 
     def _rate_limited(self) -> int | None:
         """Sliding one-second window: the seconds to wait, or None when the send may go."""
-        limit = self._config.rate_limit_per_second
-        if limit <= 0:
-            return None
-        now = self._clock()
-        while self._window and self._window[0] <= now - _WINDOW_S:
-            self._window.popleft()
-        if len(self._window) >= limit:
-            return max(1, math.ceil(self._window[0] + _WINDOW_S - now))
-        self._window.append(now)
-        return None
+        return self._window.admit(self._clock(), _WINDOW_S, self._config.rate_limit_per_second)
 
     def _take_failure(self) -> int | None:
         config = self._config
-        if config.fail_next > 0:
-            self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
-            return config.fail_status
-        if config.failure_rate > 0 and self._rng.random() < config.failure_rate:
-            return self._rng.choice(config.failure_statuses)
-        return None
+        fail_next, status = take_failure(
+            self._rng,
+            fail_next=config.fail_next,
+            next_failure=config.fail_status,
+            failure_rate=config.failure_rate,
+            choices=config.failure_statuses,
+        )
+        if fail_next != config.fail_next:
+            self._config = msgspec.structs.replace(config, fail_next=fail_next)
+        return status
 
     def _original(self, client_message_id: str | None) -> SentMessage | None:
         if not self._config.dedupe or not client_message_id:

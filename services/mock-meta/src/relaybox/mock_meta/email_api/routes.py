@@ -10,8 +10,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, QueryParameter, RawBody
 
-from relaybox.mock_meta.email_api_mock import Answer, Body, EmailApiMock
-from relaybox.mock_meta.email_api_models import (
+from relaybox.mock_meta.email_api.mock import Answer, Body, EmailApiMock
+from relaybox.mock_meta.email_api.models import (
     EmailApiConfig,
     EmailApiConfigPatch,
     EmailApiHealth,

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiosmtpd.smtp import SMTP
 
+from relaybox.mock_meta.control import merged, take_failure
 from relaybox.mock_meta.ledger import CallLedger
 from relaybox.mock_meta.settings import SmtpSinkSettings
-from relaybox.mock_meta.smtp_store import MessageStore, parse_message
+from relaybox.mock_meta.smtp.store import MessageStore, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ class SinkConfig(
     fail_next: Annotated[int, msgspec.Meta(ge=0)] = 0
     failure: FailureKind = "transient"
     failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class SinkConfigPatch(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """POST /smtp/config: the switches to change (the others stay)."""
+
+    mode: SinkMode | msgspec.UnsetType = msgspec.UNSET
+    fail_next: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
+    failure: FailureKind | msgspec.UnsetType = msgspec.UNSET
+    failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | msgspec.UnsetType = msgspec.UNSET
 
 
 class SinkStats(msgspec.Struct, kw_only=True, rename="camel"):
@@ -107,8 +119,9 @@ class SmtpSink:
         """A snapshot of the counters."""
         return msgspec.structs.replace(self._stats, stored=len(self._store))
 
-    def configure(self, config: SinkConfig) -> SinkConfig:
-        """Replace the failure switches."""
+    def configure(self, patch: SinkConfig | SinkConfigPatch) -> SinkConfig:
+        """Merge the switches given into the failure switches (a whole `SinkConfig` replaces)."""
+        config = merged(self._config, patch)
         if config.fail_next < 0:
             raise ValueError("fail_next must be >= 0")
         self._config = config
@@ -161,14 +174,19 @@ class SmtpSink:
 
     def _take_failure(self) -> FailureKind | None:
         config = self._config
-        if config.fail_next > 0:
-            self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
-            return config.failure
-        if config.mode != "accept":
+        accepting = config.mode == "accept"
+        fail_next, failure = take_failure(
+            self._rng,
+            fail_next=config.fail_next,
+            next_failure=config.failure,
+            failure_rate=config.failure_rate if accepting else 0.0,
+            choices=(config.failure,),
+        )
+        if fail_next != config.fail_next:
+            self._config = msgspec.structs.replace(config, fail_next=fail_next)
+        if failure is None and config.mode != "accept":
             return config.mode
-        if config.failure_rate > 0 and self._rng.random() < config.failure_rate:
-            return config.failure
-        return None
+        return failure
 
     def _count_rejection(self, failure: FailureKind) -> None:
         if failure == "transient":

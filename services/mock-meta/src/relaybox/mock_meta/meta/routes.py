@@ -11,8 +11,8 @@ from litestar.exceptions import ClientException, NotFoundException, ValidationEx
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from relaybox.mock_meta.meta_mock import MetaMock
-from relaybox.mock_meta.meta_models import (
+from relaybox.mock_meta.meta.mock import MetaMock
+from relaybox.mock_meta.meta.models import (
     ConfigPatch,
     InboundAccepted,
     InboundRequest,
@@ -23,7 +23,7 @@ from relaybox.mock_meta.meta_models import (
     SendRequest,
     SentMessage,
 )
-from relaybox.mock_meta.meta_state import SendOutcome
+from relaybox.mock_meta.meta.state import SendOutcome
 
 MetaDependency = NamedDependency[MetaMock]
 _OPT_KEY = "meta_mock"

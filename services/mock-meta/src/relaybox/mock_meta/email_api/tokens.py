@@ -10,7 +10,7 @@ import secrets
 
 import msgspec
 
-from relaybox.mock_meta.meta_state import Clock
+from relaybox.mock_meta.meta.state import Clock
 
 _HEADER = {"alg": "HS256", "typ": "JWT"}
 

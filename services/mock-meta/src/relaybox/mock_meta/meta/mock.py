@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 
-from relaybox.mock_meta.meta_events import Delivery, plan_inbound, plan_status_events
-from relaybox.mock_meta.meta_models import (
+from relaybox.mock_meta.meta.events import Delivery, plan_inbound, plan_status_events
+from relaybox.mock_meta.meta.models import (
     InboundAccepted,
     InboundRequest,
     SendRequest,
@@ -16,10 +16,10 @@ from relaybox.mock_meta.meta_models import (
     StatusRecord,
     parse_timestamp,
 )
-from relaybox.mock_meta.meta_state import Clock, MetaState, SendOutcome
+from relaybox.mock_meta.meta.state import Clock, MetaState, SendOutcome
+from relaybox.mock_meta.meta.webhooks import BackgroundTasks, WebhookSender
 from relaybox.mock_meta.metrics import META_SENDS, META_WEBHOOK_RETRIES, META_WEBHOOKS
 from relaybox.mock_meta.settings import MetaMockSettings
-from relaybox.mock_meta.webhooks import BackgroundTasks, WebhookSender
 
 log = logging.getLogger(__name__)
 

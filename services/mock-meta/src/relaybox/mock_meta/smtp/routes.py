@@ -10,8 +10,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from relaybox.mock_meta.smtp_sink import SinkConfig, SinkStats, SmtpSink
-from relaybox.mock_meta.smtp_store import SmtpMessage, StoredMessage
+from relaybox.mock_meta.smtp.sink import SinkConfig, SinkConfigPatch, SinkStats, SmtpSink
+from relaybox.mock_meta.smtp.store import SmtpMessage, StoredMessage
 
 SinkDependency = NamedDependency[SmtpSink]
 _ID = "Message-ID header; the angle brackets are optional"
@@ -71,8 +71,10 @@ class SmtpController(Controller):
         return smtp_sink.config
 
     @post("/config", status_code=200)
-    async def set_config(self, smtp_sink: SinkDependency, data: JSONBody[SinkConfig]) -> SinkConfig:
-        """Replace the failure switches (omitted fields take their defaults)."""
+    async def set_config(
+        self, smtp_sink: SinkDependency, data: JSONBody[SinkConfigPatch]
+    ) -> SinkConfig:
+        """Change the failure switches given (the others stay)."""
         return smtp_sink.configure(data)
 
     @get("/stats")

@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from relaybox.mock_meta.meta_models import (
+from relaybox.mock_meta.meta.models import (
     STATUS_ORDER,
     DeliveryStatus,
     InboundEvent,
@@ -24,7 +24,7 @@ from relaybox.mock_meta.meta_models import (
     format_timestamp,
     parse_timestamp,
 )
-from relaybox.mock_meta.meta_state import new_id
+from relaybox.mock_meta.meta.state import new_id
 
 EventType = Literal["status", "message"]
 LATER_PREFIX = "(later) "

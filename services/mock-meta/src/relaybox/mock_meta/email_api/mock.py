@@ -17,7 +17,8 @@ import msgspec
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ValidationError
 
-from relaybox.mock_meta.email_api_models import (
+from relaybox.mock_meta.control import SlidingLog, merged, take_failure
+from relaybox.mock_meta.email_api.models import (
     BAD_GATEWAY,
     BODY_TOO_LONG,
     EMPTY_BODY,
@@ -46,10 +47,10 @@ from relaybox.mock_meta.email_api_models import (
     ValidationIssue,
     rate_limit_detail,
 )
-from relaybox.mock_meta.email_api_tokens import TokenIssuer, bearer_token
+from relaybox.mock_meta.email_api.tokens import TokenIssuer, bearer_token
 from relaybox.mock_meta.ledger import CallLedger
-from relaybox.mock_meta.meta_models import format_timestamp
-from relaybox.mock_meta.meta_state import Clock
+from relaybox.mock_meta.meta.models import format_timestamp
+from relaybox.mock_meta.meta.state import Clock
 from relaybox.mock_meta.metrics import EMAIL_API_SENDS, EMAIL_API_TOKENS
 from relaybox.mock_meta.settings import EmailApiMockSettings
 
@@ -131,34 +132,6 @@ def check_email(request: EmailRequest) -> str | None:
     return None
 
 
-class SlidingLog:
-    """Moments inside a sliding window `(now - window, now]`."""
-
-    def __init__(self) -> None:
-        self._moments: deque[float] = deque()
-
-    def __len__(self) -> int:
-        return len(self._moments)
-
-    def prune(self, now: float, window_s: float) -> None:
-        """Forget moments that left the window."""
-        while self._moments and self._moments[0] <= now - window_s:
-            self._moments.popleft()
-
-    def add(self, now: float) -> None:
-        """Record one moment."""
-        self._moments.append(now)
-
-    def wait_s(self, now: float, window_s: float, limit: int) -> int:
-        """Whole seconds (at least 1) until fewer than `limit` moments are in the window."""
-        oldest_to_leave = self._moments[len(self._moments) - limit]
-        return max(1, math.ceil(oldest_to_leave + window_s - now))
-
-    def clear(self) -> None:
-        """Forget every moment."""
-        self._moments.clear()
-
-
 class EmailApiMock:
     """Everything the email API remembers; synchronous, so each request's decision is atomic."""
 
@@ -189,14 +162,9 @@ class EmailApiMock:
 
     def configure(self, patch: EmailApiConfigPatch) -> EmailApiConfig:
         """Merge the given fields into the config; `revokeTokens` invalidates issued tokens."""
-        changes = {
-            name: value
-            for name in patch.__struct_fields__
-            if name != "revoke_tokens" and (value := getattr(patch, name)) is not msgspec.UNSET
-        }
         if patch.revoke_tokens:
             self._tokens.revoke_all()
-        self._config = msgspec.structs.replace(self._config, **changes)
+        self._config = merged(self._config, patch, skip=("revoke_tokens",))
         return self._config
 
     def reset(self) -> None:
@@ -278,12 +246,16 @@ class EmailApiMock:
 
     def _take_failure(self) -> Answer | None:
         config = self._config
-        if config.fail_next > 0:
-            self._config = msgspec.structs.replace(config, fail_next=config.fail_next - 1)
-            status: int = config.fail_status
-        elif config.failure_rate > 0 and self._rng.random() < config.failure_rate:
-            status = self._rng.choice(RANDOM_FAIL_STATUSES)
-        else:
+        fail_next, status = take_failure(
+            self._rng,
+            fail_next=config.fail_next,
+            next_failure=config.fail_status,
+            failure_rate=config.failure_rate,
+            choices=RANDOM_FAIL_STATUSES,
+        )
+        if fail_next != config.fail_next:
+            self._config = msgspec.structs.replace(config, fail_next=fail_next)
+        if status is None:
             return None
         self.stats.simulated_failures += 1
         if status == 429:
@@ -293,14 +265,8 @@ class EmailApiMock:
 
     def _admit(self, now: float) -> int | None:
         """Take a slot of the sliding window: None, or the seconds until one frees."""
-        limit, window_s = self._config.rate_limit_per_window, self._config.rate_window_s
-        if limit <= 0:
-            return None
-        self._admitted.prune(now, window_s)
-        if len(self._admitted) >= limit:
-            return self._admitted.wait_s(now, window_s, limit)
-        self._admitted.add(now)
-        return None
+        config = self._config
+        return self._admitted.admit(now, config.rate_window_s, config.rate_limit_per_window)
 
     def _rate_limited(self, retry_after_s: int) -> Answer:
         config = self._config
