@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import aio_pika
 import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
-from tests.support.databases import drop_database_async
+from tests.support.broker import delete_topology as delete_topology
+from tests.support.databases import migrated_database
+from tests.support.databases import truncate as truncate_tables
 from tests.support.processes import cpu_seconds as cpu_seconds
 from tests.support.processes import die_with_parent
+from tests.support.serving import free_port as free_port
 
-from relaybox.common.db.migrate import upgrade
 from relaybox.common.db.session import asyncpg_dsn
-from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings
 
 ADMIN_DB_URL = os.environ.get(
@@ -41,7 +39,6 @@ JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 # Outside dev mode the API refuses the development webhook signing secret.
 WEBHOOK_SECRET = "bench-webhook-signing-secret"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("outbox", "emails", "idempotency_keys")
 
 
 class BenchError(RuntimeError):
@@ -58,20 +55,15 @@ def run_id() -> str:
 @contextlib.contextmanager
 def bench_database(tag: str) -> Iterator[str]:
     """A fresh `relaybox_bench_<random>` database migrated to head; dropped on exit."""
-    url = make_url(ADMIN_DB_URL).set(database=f"relaybox_bench_{tag}")
-    rendered = url.render_as_string(hide_password=False)
-    try:
-        upgrade(rendered)
-        yield rendered
-    finally:
-        asyncio.run(drop_database_async(rendered))
+    with migrated_database(ADMIN_DB_URL, f"relaybox_bench_{tag}") as url:
+        yield url
 
 
 async def truncate(url: str) -> None:
     """Empty every table (each phase starts from the same table sizes)."""
+    await truncate_tables(url)
     conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
     try:
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -85,22 +77,7 @@ def broker_settings(tag: str) -> BrokerSettings:
     return BrokerSettings(url=AMQP_URL, topology_prefix=f"bench.{tag}.")
 
 
-async def delete_topology(settings: BrokerSettings) -> None:
-    """Remove every exchange and queue of the run's prefix (best effort)."""
-    with contextlib.suppress(Exception):
-        connection = await aio_pika.connect(settings.url, timeout=10)
-        async with connection:
-            await Topology.from_settings(settings).delete(await connection.channel())
-
-
 # -- processes and servers --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def postgres_backends(database: str) -> dict[int, float]:

@@ -60,6 +60,7 @@ from bench.common import (
     postgres_backends,
     render_table,
     run_id,
+    truncate,
 )
 from bench.loadgen import RawConnection
 from relaybox.common.db.session import asyncpg_dsn
@@ -71,7 +72,6 @@ SECRET = "bench-webhook-ingest-signing-secret"
 PARTICIPANTS = 200
 DUPLICATE_EVERY = 5  # every 5th request resends an acknowledged event: 20% duplicates
 KINDS = ("bare", "relaybox")
-TABLES = ("messages", "conversations", "webhook_events")
 TARGET_RPS = 1_000.0
 TARGET_P99_MS = 50.0
 PREVIEW_CHARS = 200  # relaybox.api.conversations.service.PREVIEW_CHARS
@@ -329,15 +329,6 @@ async def probe(url: str) -> None:
         await conn.close()
     if status != 200:
         raise BenchError(f"POST {url}{PATH} answered {status} {content[:300]!r}")
-
-
-async def truncate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
 
 
 async def stored(dsn: str) -> Stored:

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 import aio_pika
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.db.migrate import upgrade
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from tests.support.databases import drop_database
+from tests.support.broker import delete_topology
+from tests.support.databases import TABLES, migrated_database
 from tests.support.servers import Servers, locate
 
 RUN = uuid.uuid4().hex[:8]
@@ -31,21 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[name]
 
 
-TABLES = (
-    "outbox",
-    "emails",
-    "idempotency_keys",
-    "messages",
-    "conversations",
-    "webhook_events",
-    "rate_limits",
-    "mailing_errors",
-    "mailing_recipients",
-    "mailing_chunks",
-    "mailings",
-)
-
-
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     with locate() as found:
@@ -55,11 +39,8 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="session")
 def database_url(servers: Servers) -> Iterator[str]:
     """A fresh database for this run, migrated to head, dropped at the end."""
-    url = make_url(servers.database_admin_url).set(database=f"relaybox_test_{RUN}")
-    rendered = url.render_as_string(hide_password=False)
-    upgrade(rendered)
-    yield rendered
-    drop_database(rendered)
+    with migrated_database(servers.database_admin_url, f"relaybox_test_{RUN}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +53,7 @@ def broker_settings(servers: Servers) -> Iterator[BrokerSettings]:
         delivery_limit=3,
     )
     yield settings
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(settings.url)
-        async with connection:
-            await Topology.from_settings(settings).delete(await connection.channel())
-
-    asyncio.run(delete())
+    asyncio.run(delete_topology(settings))
 
 
 @pytest.fixture

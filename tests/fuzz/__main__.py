@@ -66,7 +66,7 @@ def api_env(database_url: str, port: int) -> dict[str, str]:
             "RELAYBOX_META__WEBHOOK_SECRET": WEBHOOK_SECRET,
             "RELAYBOX_LOG__LEVEL": "WARNING",
             # The fuzzer sends thousands of requests: keep the per-client limit out of its way
-            # (its 429 is declared; tests/integration/test_ratelimit.py covers it).
+            # (its 429 is declared; tests/integration/platform/test_ratelimit.py covers it).
             "RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE": "1000000",
         }
     )

@@ -8,13 +8,13 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.app import create_app
 from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings, AuthSettings, MetaGatewaySettings
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.settings import SmtpSinkSettings
 from relaybox.mock_meta.smtp.sink import SmtpSink
+from tests.support.clients import api_client
 from tests.support.pipeline import (
     Pipeline,
     consumer_settings,
@@ -46,7 +46,7 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
         # The gateway's account belongs to the tests' client (their token's subject).
         meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET, tenant="test-client"),
         # The tests post events with fixed timestamps (2025, 2026): remember events long enough
-        # for those to count as new (test_gateway_webhooks tests the default's expiry).
+        # for those to count as new (gateway/test_webhooks.py tests the default's expiry).
         webhook_event_retention_h=EVENTS_KEPT_H,
     )
 
@@ -61,13 +61,7 @@ async def client(
     api_settings: ApiSettings, engine: AsyncEngine, token: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API in this test's event loop (ASGI transport), authenticated with all scopes."""
-    app = create_app(api_settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://relaybox.test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as test_client:
+    async with api_client(api_settings, engine, token) as test_client:
         yield test_client
 
 

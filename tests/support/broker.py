@@ -1,11 +1,16 @@
-"""Read queues directly (DLQ contents, message counts) for assertions."""
+"""The broker in tests and benchmarks: queues read directly for assertions, a run's topology
+deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import aio_pika
+
+from relaybox.common.messaging.topology import Topology
+from relaybox.common.settings import BrokerSettings
 
 
 async def drain_queue(url: str, queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -38,3 +43,11 @@ async def publish_raw(
         channel = await connection.channel()
         target = await channel.get_exchange(exchange)
         await target.publish(aio_pika.Message(raw), routing_key=routing_key)
+
+
+async def delete_topology(settings: BrokerSettings) -> None:
+    """Remove every exchange and queue of a run's topology prefix (best effort)."""
+    with contextlib.suppress(Exception):
+        connection = await aio_pika.connect(settings.url, timeout=10)
+        async with connection:
+            await Topology.from_settings(settings).delete(await connection.channel())

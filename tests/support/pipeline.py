@@ -14,14 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from relaybox.consumer.handlers.email import EmailHandler
-from relaybox.consumer.handlers.meta import MetaHandler
-from relaybox.consumer.mailings.handler import MailingParseHandler
-from relaybox.consumer.providers.meta import MetaProvider
 from relaybox.consumer.providers.smtp import SmtpSettings
-from relaybox.consumer.runner import email_limiter, email_provider, meta_limiter
+from relaybox.consumer.runner import create_consumer
 from relaybox.consumer.settings import ConsumerSettings
-from relaybox.consumer.worker import Handler, Worker
+from relaybox.consumer.worker import Worker
 from relaybox.publisher.relay import Relay
 from relaybox.publisher.settings import PublisherSettings
 
@@ -95,17 +91,13 @@ async def running_pipeline(
     pub: PublisherSettings,
     con: ConsumerSettings,
 ) -> AsyncIterator[Pipeline]:
-    """Publisher + consumer (email and Meta handlers, wired as the consumer service wires them)."""
+    """Publisher + consumer, the consumer built by the consumer's own factory (its sweeper and
+    mailing dispatcher are not run: tests drive them)."""
     relay = Relay(pub, engine=engine)
     await relay.start(connect_attempts=3)
-    provider = email_provider(con)
-    meta = MetaProvider(con.meta)
-    handlers: list[Handler] = [
-        EmailHandler(engine, topology, con, provider, email_limiter(con, engine)),
-        MetaHandler(engine, topology, con, meta, meta_limiter(con, engine)),
-        MailingParseHandler(engine, con, con.mailings),
-    ]
-    worker = Worker(con, engine, topology, handlers)
+    consumer = create_consumer(con, engine=engine)
+    assert consumer.worker.topology == topology
+    worker = consumer.worker
     await worker.start(connect_attempts=3)
     pipeline = Pipeline(relay, worker, [asyncio.create_task(relay.run())])
     try:
@@ -115,5 +107,5 @@ async def running_pipeline(
         await asyncio.gather(*pipeline.tasks)
         await worker.close()
         await relay.close()
-        await provider.close()
-        await meta.close()
+        for provider in consumer.providers:
+            await provider.close()

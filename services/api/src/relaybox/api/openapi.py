@@ -16,7 +16,7 @@ One place decides what a route can answer, from what the route is (`answers`):
 
 A route declares what only its service knows (a 409 of a state machine, a 415) with
 `responses=problems(...)` on its decorator. `ContractPlugin` merges both into every route as it
-is registered; `tests/integration/test_api_contract.py` and the schemathesis runs
+is registered; `tests/integration/platform/test_api_contract.py` and the schemathesis runs
 (`tests/fuzz/`) hold the API to the result.
 """
 

@@ -93,9 +93,10 @@ def mailing_in_flight(settings: ConsumerSettings) -> int:
     return settings.mailing_max_in_flight
 
 
-def create_consumer(settings: ConsumerSettings) -> Consumer:
-    """A worker with every handler wired to its provider and limiter (not started)."""
-    engine = create_engine(settings.database)
+def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = None) -> Consumer:
+    """A worker with every handler wired to its provider and limiter (not started); on its own
+    engine unless one is given (tests share theirs)."""
+    engine = engine or create_engine(settings.database)
     topology = Topology.from_settings(settings.broker)
     email = email_provider(settings)
     meta = MetaProvider(settings.meta)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +11,9 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.app import create_app
 from relaybox.api.settings import ApiSettings
 from relaybox.common.db.models import Email
+from tests.support.clients import api_client as api
 
 PROBLEM = "application/problem+json"
 ITEM_KEYS = {
@@ -66,20 +64,6 @@ async def add(
     async with engine.begin() as conn:
         await conn.execute(insert(Email).values(**values))
     return email_id
-
-
-@asynccontextmanager
-async def api(
-    settings: ApiSettings, engine: AsyncEngine, token: str, clock: Callable[[], datetime]
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, engine=engine, clock=clock)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://relaybox.test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
-        yield client
 
 
 def zoned(api_settings: ApiSettings, timezone: str) -> ApiSettings:

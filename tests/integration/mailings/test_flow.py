@@ -38,7 +38,7 @@ from tests.support.pipeline import (
 from tests.support.processes import CRASH_EXIT_CODE, service_env, start_service, wait_exit
 from tests.support.serving import serve_app
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "mailing_list.csv"
+FIXTURE = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "mailing_list.csv"
 TOKEN = re.compile(r"verify your token (\S+) to continue")
 
 

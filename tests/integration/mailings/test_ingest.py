@@ -21,7 +21,7 @@ from relaybox.consumer.mailings.ingest import MailingParseSettings, ingest
 from relaybox.consumer.settings import ConsumerSettings
 from tests.support.pipeline import Pipeline, eventually
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/mailing_list.csv"
+FIXTURE = Path(__file__).resolve().parents[4] / "shared/fixtures/mailing_list.csv"
 # The fixture's invalid rows, numbered as a spreadsheet shows them (the header is row 1).
 FIXTURE_ERRORS = [(3, "invalid-email"), (6, "not-an-email"), (9, "@domain.com")]
 

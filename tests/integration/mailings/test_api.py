@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
 from relaybox.api.settings import (
     DEFAULT_MAILING_BODY,
@@ -29,8 +28,9 @@ from relaybox.api.settings import (
     MailingSettings,
     RateLimitSettings,
 )
+from tests.support.clients import api_client
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/mailing_list.csv"
+FIXTURE = Path(__file__).resolve().parents[4] / "shared/fixtures/mailing_list.csv"
 PROBLEM = "application/problem+json"
 CLIENT = "test-client"  # the subject of the `token` fixture
 DETAIL_KEYS = {
@@ -59,13 +59,7 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Another app on the test's engine, with these mailing settings."""
     configured = settings.model_copy(update={"mailings": MailingSettings(**mailings)})
-    app = create_app(configured, engine=engine)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://relaybox.test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with api_client(configured, engine, token) as client:
         yield client
 
 

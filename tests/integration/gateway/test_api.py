@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -15,10 +13,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
 from relaybox.api.settings import ApiSettings, RateLimitSettings
-from tests.integration.test_gateway_webhooks import inbound, post_event
+from tests.integration.gateway.test_webhooks import inbound, post_event
+from tests.support.clients import api_client as api
 
 PROBLEM = "application/problem+json"
 SEND: dict[str, Any] = {"channel": "whatsapp", "to": "+15550001", "text": "Hello!"}
@@ -97,20 +95,6 @@ async def conversations(client: httpx.AsyncClient, **params: Any) -> dict[str, A
 
 def participants(page: dict[str, Any]) -> list[str]:
     return [c["participantId"] for c in page["data"]]
-
-
-@asynccontextmanager
-async def api(
-    settings: ApiSettings, engine: AsyncEngine, token: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://relaybox.test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
-        yield client
 
 
 # --- POST /messages/send ----------------------------------------------------------------------

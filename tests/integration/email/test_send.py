@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -14,30 +12,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.api.app import create_app
 from relaybox.api.auth import issue_token
 from relaybox.api.emails.accept import IDEMPOTENCY_SCOPE
 from relaybox.api.idempotency import lock_key
 from relaybox.api.settings import ApiSettings, RateLimitSettings
+from tests.support.clients import api_client as api
 
 BODY: dict[str, Any] = {"to": "alice@example.com", "subject": "Hello", "text": "Hi Alice"}
 PROBLEM = "application/problem+json"
 CLIENT = "test-client"  # the subject of the `token` fixture
-
-
-@asynccontextmanager
-async def api(
-    settings: ApiSettings, engine: AsyncEngine, token: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Another app (own settings, own rate-limit store) on the test's engine."""
-    app = create_app(settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://relaybox.test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
-        yield client
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
