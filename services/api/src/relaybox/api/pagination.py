@@ -1,5 +1,6 @@
-"""Opaque keyset cursors, one codec for every list: base64url of the last row's position (its
-sort key and id, e.g. `(created_at, id)`, or a single number such as a recipient id)."""
+"""Paging lists: opaque keyset cursors, one codec for every list (base64url of the last row's
+position: its sort key and id, e.g. `(created_at, id)`, or a single number such as a recipient
+id), and the newest-first page every creation-ordered list uses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import binascii
 import json
 import uuid
 from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from relaybox.api.errors import ApiError
 
@@ -55,3 +61,29 @@ def decode_position(cursor: str) -> int:
     if isinstance(position, int) and not isinstance(position, bool):
         return position
     raise _malformed()
+
+
+async def newest_first(
+    session: AsyncSession,
+    stmt: Select[Any],
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[uuid.UUID],
+    *,
+    page: int,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """One page of `stmt`'s rows, newest first by (created_at, id): those after `cursor` when
+    given (keyset: stable while new rows arrive), else page `page`; and the next page's cursor
+    (None on the last page)."""
+    stmt = stmt.order_by(created_at.desc(), row_id.desc())
+    if cursor:
+        stmt = stmt.where(tuple_(created_at, row_id) < tuple_(*decode_cursor(cursor)))
+    else:
+        stmt = stmt.offset((page - 1) * limit)
+    rows = list((await session.scalars(stmt.limit(limit + 1))).all())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, encode_cursor(getattr(last, created_at.key), getattr(last, row_id.key))

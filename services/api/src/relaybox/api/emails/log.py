@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, func, or_, select, tuple_
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, owned_by
@@ -22,7 +22,7 @@ from relaybox.api.emails.schemas import (
     TodayStats,
 )
 from relaybox.api.errors import NotFoundError
-from relaybox.api.pagination import decode_cursor, encode_cursor
+from relaybox.api.pagination import newest_first
 from relaybox.common.db.models import Email
 
 
@@ -57,19 +57,18 @@ async def email_log(
 ) -> EmailLogPage:
     """The caller's tenant's emails (every tenant's for an admin), newest first; keyset paging
     when a cursor is given, else page/limit."""
-    stmt = _filtered(query, client).order_by(Email.created_at.desc(), Email.id.desc())
-    if query.cursor:
-        after_ts, after_id = decode_cursor(query.cursor)
-        stmt = stmt.where(tuple_(Email.created_at, Email.id) < tuple_(after_ts, after_id))
-    else:
-        stmt = stmt.offset((query.page - 1) * query.limit)
-    rows = list((await session.scalars(stmt.limit(query.limit + 1))).all())
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    rows, next_cursor = await newest_first(
+        session,
+        _filtered(query, client),
+        Email.created_at,
+        Email.id,
+        page=query.page,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
     total = await session.scalar(
         select(func.count()).select_from(_filtered(query, client).subquery())
     )
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     return EmailLogPage(
         data=[_item(r) for r in rows],
         meta=PageMeta(

@@ -21,7 +21,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,7 +38,7 @@ from relaybox.api.mailings.schemas import (
     MailingPage,
     MailingPageMeta,
 )
-from relaybox.api.pagination import decode_cursor, decode_position, encode_cursor
+from relaybox.api.pagination import decode_position, encode_cursor, newest_first
 from relaybox.common.db.models import Email, Mailing, MailingError, MailingRecipient
 from relaybox.common.delivery import IN_FLIGHT
 
@@ -186,15 +185,15 @@ async def list_mailings(
     session: AsyncSession, client: Client, query: MailingQuery, view: View
 ) -> MailingPage:
     """The client's mailings, newest first: keyset paging with a cursor, else page/limit."""
-    stmt = _listed(client, query).order_by(Mailing.created_at.desc(), Mailing.id.desc())
-    if query.cursor:
-        after_ts, after_id = decode_cursor(query.cursor)
-        stmt = stmt.where(tuple_(Mailing.created_at, Mailing.id) < tuple_(after_ts, after_id))
-    else:
-        stmt = stmt.offset((query.page - 1) * query.limit)
-    rows = list((await session.scalars(stmt.limit(query.limit + 1))).all())
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    rows, next_cursor = await newest_first(
+        session,
+        _listed(client, query),
+        Mailing.created_at,
+        Mailing.id,
+        page=query.page,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
     total = await session.scalar(
         select(func.count()).select_from(_listed(client, query).subquery())
     )
@@ -205,7 +204,7 @@ async def list_mailings(
             page=query.page,
             limit=query.limit,
             total=total or 0,
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
+            next_cursor=next_cursor,
         ),
     )
 
