@@ -24,7 +24,7 @@ from relaybox.api.mailings.schemas import (
     MailingDetail,
 )
 from relaybox.common.db.models import Email, Mailing, MailingRecipient
-from relaybox.common.mailings.rules import UNPARSED_SQL
+from relaybox.common.mailings.rules import UNPARSED_SQL, MailingStatus
 
 CANCELLED_ERROR = "mailing cancelled"
 
@@ -74,9 +74,9 @@ async def pause(
             session,
             client,
             mailing_id,
-            allowed=("PARSING", "RUNNING"),
+            allowed=(MailingStatus.PARSING, MailingStatus.RUNNING),
             action="paused",
-            values={"status": "PAUSED"},
+            values={"status": MailingStatus.PAUSED},
         )
         return await detail_of(session, row, view)
 
@@ -92,10 +92,10 @@ async def resume(
             session,
             client,
             mailing_id,
-            allowed=("PAUSED",),
+            allowed=(MailingStatus.PAUSED,),
             action="resumed",
             values={
-                "status": case((parsed, "RUNNING"), else_="PARSING"),
+                "status": case((parsed, MailingStatus.RUNNING), else_=MailingStatus.PARSING),
                 "started_at": case(
                     (parsed, func.coalesce(Mailing.started_at, func.now())), else_=None
                 ),
@@ -116,9 +116,9 @@ async def cancel(
             session,
             client,
             mailing_id,
-            allowed=("PARSING", "RUNNING", "PAUSED"),
+            allowed=(MailingStatus.PARSING, MailingStatus.RUNNING, MailingStatus.PAUSED),
             action="cancelled",
-            values={"status": "CANCELLED", "finished_at": func.now()},
+            values={"status": MailingStatus.CANCELLED, "finished_at": func.now()},
         )
         await session.execute(
             update(MailingRecipient)
@@ -152,7 +152,12 @@ async def retry_failed(
             session,
             client,
             mailing_id,
-            allowed=("PARSING", "RUNNING", "PAUSED", "COMPLETED"),
+            allowed=(
+                MailingStatus.PARSING,
+                MailingStatus.RUNNING,
+                MailingStatus.PAUSED,
+                MailingStatus.COMPLETED,
+            ),
             action="retried",
             values={},
         )
@@ -167,11 +172,11 @@ async def retry_failed(
             .values(status="PENDING", email_id=None, token_hash=None, dispatched_at=None)
             .execution_options(synchronize_session=False)
         )
-        if reset.rowcount and row.status == "COMPLETED":  # type: ignore[attr-defined]
+        if reset.rowcount and row.status == MailingStatus.COMPLETED:  # type: ignore[attr-defined]
             running = await session.scalar(
                 update(Mailing)
                 .where(Mailing.id == mailing_id)
-                .values(status="RUNNING", finished_at=None, updated_at=func.now())
+                .values(status=MailingStatus.RUNNING, finished_at=None, updated_at=func.now())
                 .returning(Mailing)
                 .execution_options(populate_existing=True)
             )

@@ -20,6 +20,7 @@ from relaybox.api.mailings.reads import RecipientCounts, View, detail_of, mailin
 from relaybox.api.mailings.upload import CheckedUpload, chunks
 from relaybox.api.settings import MailingSettings
 from relaybox.common.db.models import Mailing, MailingChunk
+from relaybox.common.mailings.rules import MailingStatus
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue, trace_headers
 
@@ -83,7 +84,7 @@ async def _recent_upload(
             Mailing.created_at > func.now() - timedelta(seconds=window_s),
             Mailing.subject == upload.subject,
             Mailing.body_template == upload.body,
-            Mailing.status.not_in(("CANCELLED", "FAILED")),
+            Mailing.status.not_in((MailingStatus.CANCELLED, MailingStatus.FAILED)),
         )
         .order_by(Mailing.created_at.desc())
         .limit(1)
@@ -99,7 +100,7 @@ async def _store(
         .values(
             id=uuid.uuid4(),
             tenant_id=client.tenant,
-            status="PARSING",
+            status=MailingStatus.PARSING,
             subject=upload.subject,
             body_template=upload.body,
             file_name=upload.file_name,

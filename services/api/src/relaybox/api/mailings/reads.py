@@ -41,8 +41,9 @@ from relaybox.api.mailings.schemas import (
 from relaybox.api.pagination import decode_position, encode_cursor, newest_first
 from relaybox.common.db.models import Email, Mailing, MailingError, MailingRecipient
 from relaybox.common.delivery import IN_FLIGHT
+from relaybox.common.mailings.rules import MailingStatus
 
-FINISHED = ("COMPLETED", "CANCELLED", "FAILED")
+FINISHED = (MailingStatus.COMPLETED, MailingStatus.CANCELLED, MailingStatus.FAILED)
 
 _r = MailingRecipient
 _e = Email
@@ -92,7 +93,9 @@ def mailing_detail(row: Mailing, delivery: RecipientCounts, view: View) -> Maili
     else:
         progress = 1.0 if row.status in FINISHED else None
     eta_seconds = (
-        math.ceil(delivery.pending / view.rate_per_second) if row.status == "RUNNING" else None
+        math.ceil(delivery.pending / view.rate_per_second)
+        if row.status == MailingStatus.RUNNING
+        else None
     )
     return MailingDetail(
         id=row.id,

@@ -43,7 +43,7 @@ from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.mailings.csv_stream import LATIN_1, CsvFormatError, NotUtf8Error, iter_rows
-from relaybox.common.mailings.rules import UNPARSED_SQL
+from relaybox.common.mailings.rules import UNPARSED_SQL, MailingStatus
 from relaybox.consumer.mailings import addresses
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class MailingStore:
     def stopped(self) -> ParseResult:
         """The outcome when someone else moved the mailing on (cancelled, or parsed already)."""
         status = self.wait(self._writer.fetchval(STATUS, self.mailing_id))
-        return ParseResult("cancelled" if status == "CANCELLED" else "duplicate")
+        return ParseResult("cancelled" if status == MailingStatus.CANCELLED else "duplicate")
 
 
 def parse_into(
