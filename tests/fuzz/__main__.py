@@ -131,7 +131,14 @@ def schemathesis_command(base: str, token: str, args: argparse.Namespace) -> lis
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
     parser.add_argument("--max-examples", type=int, default=DEFAULT_EXAMPLES)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="schemathesis threads (1: CPython 3.11's ast.parse is not thread-safe, and "
+        "hypothesis parses lambda sources while it builds strategies: with 2, a run now and "
+        "then stopped on 'SystemError: AST constructor recursion depth mismatch')",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--phases", default=None, help="schemathesis phases (default: all)")
     argv = list(sys.argv[1:] if argv is None else argv)
