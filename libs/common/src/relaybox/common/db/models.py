@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -305,3 +306,224 @@ class MailingError(Base):
     row_number: Mapped[int] = mapped_column(Integer, primary_key=True)
     raw_value: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
+
+
+# --- The internal messenger (/chat). docs/messenger/notes.md explains the model. -------------
+
+MAX_SEQ = 2**63 - 1
+"""The open end of a current membership interval (a bigint no sequence reaches)."""
+
+
+class ChatConversation(Base):
+    """A direct, group or channel conversation of one tenant; `last_seq` is its message
+    sequence, advanced only under this row's lock (posts, joins, leaves and kicks all take it)."""
+
+    __tablename__ = "chat_conversations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(8))
+    title: Mapped[str | None] = mapped_column(String(200))
+    direct_key: Mapped[str | None] = mapped_column(String(511))  # the pair, sorted: one direct
+    created_by: Mapped[str] = mapped_column(String(255))
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "direct_key"),
+        CheckConstraint("kind IN ('direct', 'group', 'channel')", name="kind_known"),
+        CheckConstraint("(kind = 'direct') = (direct_key IS NOT NULL)", name="direct_has_key"),
+        Index("ix_chat_conversations_tenant_id_kind_created_at", "tenant_id", "kind", "created_at"),
+    )
+
+
+class ChatMember(Base):
+    """One membership interval: the member sees the messages with `joined_seq < seq <=
+    left_seq` (`left_seq` NULL while the membership lasts). Leave and re-join make two rows, so
+    the gap between them stays hidden. `read_seq` is the read watermark, forward only."""
+
+    __tablename__ = "chat_members"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_conversations.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[str] = mapped_column(String(255))  # the conversation's
+    user_id: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(8))
+    joined_seq: Mapped[int] = mapped_column(BigInteger)
+    left_seq: Mapped[int | None] = mapped_column(BigInteger)
+    ended_by: Mapped[str | None] = mapped_column(String(8))  # 'left' or 'kicked'
+    added_by: Mapped[str | None] = mapped_column(String(255))  # NULL: joined or created it
+    read_seq: Mapped[int] = mapped_column(BigInteger)
+    joined_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    left_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("role IN ('owner', 'admin', 'member')", name="role_known"),
+        CheckConstraint("ended_by IN ('left', 'kicked')", name="ended_by_known"),
+        CheckConstraint("(left_seq IS NULL) = (ended_by IS NULL)", name="ended_has_reason"),
+        CheckConstraint("left_seq IS NULL OR left_seq >= joined_seq", name="interval_ordered"),
+        CheckConstraint("read_seq >= joined_seq", name="watermark_in_interval"),
+        Index(
+            "ix_chat_members_current",
+            "conversation_id",
+            "user_id",
+            unique=True,
+            postgresql_where=sql_text("left_seq IS NULL"),
+        ),
+        Index(
+            "ix_chat_members_inbox",
+            "tenant_id",
+            "user_id",
+            postgresql_where=sql_text("left_seq IS NULL"),
+        ),
+        Index("ix_chat_members_user_id_conversation_id", "user_id", "conversation_id"),
+    )
+
+
+class ChatMessage(Base):
+    """One message, numbered `seq` within its conversation (gap-free, in commit order)."""
+
+    __tablename__ = "chat_messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_conversations.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sender_id: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str | None] = mapped_column(Text)
+    client_message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    search: Mapped[str] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('simple'::regconfig, coalesce(text, ''))", persisted=True)
+    )
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "sender_id", "client_message_id"),
+        Index(
+            "ix_chat_messages_conversation_id_seq",
+            "conversation_id",
+            "seq",
+            unique=True,
+            postgresql_include=["sender_id"],  # unread counts read the index alone
+        ),
+        # btree_gin: one index answers "this conversation AND these words"
+        Index(
+            "ix_chat_messages_conversation_id_search",
+            "conversation_id",
+            "search",
+            postgresql_using="gin",
+        ),
+    )
+
+
+class ChatRecipient(Base):
+    """One recipient's copy of a message (every other member when it was posted): the delivery
+    machine PENDING → SENT → DELIVERED → READ, or FAILED; each state keeps its first time."""
+
+    __tablename__ = "chat_recipients"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    seq: Mapped[int] = mapped_column(BigInteger)  # the message's, for "read up to seq"
+    status: Mapped[str] = mapped_column(String(10), server_default="PENDING")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('PENDING', 'SENT', 'DELIVERED', 'READ', 'FAILED')", name="status_known"
+        ),
+        Index(
+            "ix_chat_recipients_user_id_conversation_id_seq", "user_id", "conversation_id", "seq"
+        ),
+    )
+
+
+class ChatDevice(Base):
+    """A user's device that receives pushes; a push token belongs to one device at a time."""
+
+    __tablename__ = "chat_devices"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    platform: Mapped[str] = mapped_column(String(8))
+    push_token: Mapped[str] = mapped_column(String(4096), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("platform IN ('android', 'ios', 'web')", name="platform_known"),
+        Index("ix_chat_devices_tenant_id_user_id", "tenant_id", "user_id"),
+    )
+
+
+class ChatPush(Base):
+    """The outcome of pushing one message to one device: a device is pushed a message once."""
+
+    __tablename__ = "chat_pushes"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)  # may outlive it
+    user_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(10))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("status IN ('ACCEPTED', 'FAILED')", name="status_known"),)
+
+
+class ChatAttachment(Base):
+    """An uploaded file: stored by its sha256, served only to who may see it."""
+
+    __tablename__ = "chat_attachments"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    uploader_id: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    attached_at: Mapped[datetime | None]  # the first message that references it
+
+    __table_args__ = (
+        Index(
+            "ix_chat_attachments_unattached_created_at",
+            "created_at",
+            postgresql_where=sql_text("attached_at IS NULL"),
+        ),
+        Index("ix_chat_attachments_sha256", "sha256"),
+    )
+
+
+class ChatMessageAttachment(Base):
+    """Which attachments a message references."""
+
+    __tablename__ = "chat_message_attachments"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    attachment_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("chat_attachments.id"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_chat_message_attachments_attachment_id", "attachment_id"),)

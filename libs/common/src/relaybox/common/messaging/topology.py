@@ -15,6 +15,7 @@ ATTEMPT_HEADER = "x-attempt"
 EMAIL_SEND = "email.send"
 META_SEND = "meta.send"
 MAILING_PARSE = "mailing.parse"
+CHAT_DELIVER = "chat.deliver"  # push a batch of a chat message's copies to devices
 ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND, MAILING_PARSE)
 
 

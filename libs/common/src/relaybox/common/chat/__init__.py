@@ -1,0 +1,1 @@
+"""The messenger's rules the API, the consumer and the realtime gateway share."""
