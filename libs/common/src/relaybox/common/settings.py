@@ -93,3 +93,21 @@ class WebhookRetention(BaseModel):
         "older than this is acknowledged and not stored. Keep it above the provider's retry "
         "window",
     )
+
+
+class ChatSettings(BaseModel):
+    """The messenger (`RELAYBOX_CHAT__*`): what the API and the consumer's sweeper share."""
+
+    fanout_batch: int = Field(
+        default=250,
+        ge=1,
+        le=10_000,
+        description="recipients per `chat.deliver` message: a post to a large group is pushed "
+        "as this many recipients per consumer task",
+    )
+    max_attachment_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1, description="largest accepted attachment upload"
+    )
+    attachment_retention_h: float = Field(
+        default=24.0, gt=0, description="uploads never attached to a message are deleted after"
+    )

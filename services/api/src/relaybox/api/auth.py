@@ -22,7 +22,16 @@ from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
 ADMIN_SCOPE = "admin"
-USER_SCOPES = ("email:send", "email:read", "meta:read", "meta:send", "mailing:read", "mailing:send")
+USER_SCOPES = (
+    "email:send",
+    "email:read",
+    "meta:read",
+    "meta:send",
+    "mailing:read",
+    "mailing:send",
+    "chat:read",
+    "chat:write",
+)
 """Every scope of a tenant's own rows."""
 ALL_SCOPES = (*USER_SCOPES, ADMIN_SCOPE)
 MAX_TENANT = 255

@@ -7,7 +7,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
-from relaybox.common.settings import HttpServerSettings, ServiceSettings, WebhookRetention
+from relaybox.common.settings import (
+    ChatSettings,
+    HttpServerSettings,
+    ServiceSettings,
+    WebhookRetention,
+)
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 # Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
@@ -129,6 +134,7 @@ class ApiSettings(ServiceSettings, WebhookRetention):
     )
     meta: MetaGatewaySettings = MetaGatewaySettings()
     mailings: MailingSettings = MailingSettings()
+    chat: ChatSettings = ChatSettings()
 
     @field_validator("timezone")
     @classmethod
