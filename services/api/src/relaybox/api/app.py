@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import check_secret, jwt_auth
+from relaybox.api.chat import chat_router
 from relaybox.api.conversations.controller import ConversationController
 from relaybox.api.emails.accept import EmailIntake
 from relaybox.api.emails.controller import EmailController
@@ -91,6 +92,7 @@ def create_app(
             MessageController,
             MetaWebhookController,
             mailings_router(settings),
+            chat_router(),
         ],
         lifespan=[lifespan],
         state=State({"engine": db_engine}),

@@ -43,10 +43,10 @@ def visible_message(tenant: str, user: str, message: Any = ChatMessage) -> Colum
         ChatMember.user_id == user,
         ChatMember.joined_seq < message.seq,
         or_(ChatMember.left_seq.is_(None), message.seq <= ChatMember.left_seq),
-    )
+    ).correlate_except(ChatMember)
     public = exists().where(
         ChatConversation.id == message.conversation_id,
         ChatConversation.tenant_id == tenant,
         ChatConversation.kind == "channel",
-    )
+    ).correlate_except(ChatConversation)
     return and_(message.tenant_id == tenant, or_(member_saw_it, public))

@@ -1,0 +1,264 @@
+"""/chat/conversations and /chat/channels: thin handlers over `membership` and `views`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaybox.api.auth import Client, requires
+from relaybox.api.chat import membership
+from relaybox.api.chat.access import seat
+from relaybox.api.chat.schemas import (
+    AddMemberRequest,
+    ChangeRoleRequest,
+    ConversationDetail,
+    ConversationPage,
+    CreateConversationRequest,
+    MemberView,
+)
+from relaybox.api.chat.views import conversation_views, conversations_query
+from relaybox.api.openapi import problems
+from relaybox.api.pagination import decode_cursor, encode_cursor
+from relaybox.common.db.models import ChatConversation, ChatMember
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="conversations per page")]
+Cursor = Annotated[
+    str | None, QueryParameter(description="the `nextCursor` of the previous page", max_length=512)
+]
+
+
+def _member_view(row: ChatMember) -> MemberView:
+    return MemberView(
+        user_id=row.user_id,
+        role=row.role,  # type: ignore[arg-type]
+        joined_at=row.joined_at,
+        added_by=row.added_by,
+    )
+
+
+async def _listed(
+    session: AsyncSession, stmt: Any, limit: int, cursor: str | None
+) -> ConversationPage:
+    """A page of conversations, most recent activity first (keyset on activity time and id)."""
+    key = tuple_(ChatConversation.last_activity_at, ChatConversation.id)
+    if cursor:
+        stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
+    stmt = stmt.order_by(
+        ChatConversation.last_activity_at.desc(), ChatConversation.id.desc()
+    ).limit(limit + 1)
+    async with session.begin():
+        views = await conversation_views(session, stmt)
+    if len(views) <= limit:
+        return ConversationPage(data=views, next_cursor=None)
+    views = views[:limit]
+    return ConversationPage(
+        data=views, next_cursor=encode_cursor(views[-1].last_activity_at, views[-1].id)
+    )
+
+
+async def detail(
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID
+) -> ConversationDetail:
+    async with session.begin():
+        await seat(session, client, conversation_id)  # 404 unless they may see it
+        (view,) = await conversation_views(
+            session,
+            conversations_query(client).where(ChatConversation.id == conversation_id),
+        )
+        members = (
+            await session.scalars(
+                select(ChatMember)
+                .where(ChatMember.conversation_id == conversation_id, ChatMember.left_seq.is_(None))
+                .order_by(ChatMember.joined_at, ChatMember.id)
+            )
+        ).all()
+    return ConversationDetail(
+        **{f: getattr(view, f) for f in view.__struct_fields__},
+        members=[_member_view(m) for m in members],
+    )
+
+
+class ConversationController(Controller):
+    """Direct, group and channel conversations and their members."""
+
+    path = "/conversations"
+    tags = ["chat"]
+
+    @post(
+        "/",
+        opt=requires("chat:write"),
+        status_code=201,
+        summary="Start a conversation",
+        description="`direct`: with exactly one other user; asking again (either of the two) "
+        "answers the existing one (200). `group`: the caller is its owner, `members` join as "
+        "members. `channel`: public to the tenant; needs a `title`.",
+        responses={200: ResponseSpec(ConversationDetail, description="The pair's direct one")},
+    )
+    async def create(
+        self,
+        request: Request[Client, Any, State],
+        data: JSONBody[CreateConversationRequest],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Response[ConversationDetail]:
+        conversation, created = await membership.create(db_session, request.user, data)
+        body = await detail(db_session, request.user, conversation.id)
+        return Response(body, status_code=201 if created else 200)
+
+    @get(
+        "/",
+        opt=requires("chat:read"),
+        summary="My conversations",
+        description="The conversations the caller is a member of, most recent activity first, "
+        "each with its `unreadCount` and the last message.",
+    )
+    async def mine(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> ConversationPage:
+        client: Client = request.user
+        stmt = conversations_query(client).where(
+            ChatConversation.id.in_(
+                select(ChatMember.conversation_id).where(
+                    ChatMember.tenant_id == client.tenant,
+                    ChatMember.user_id == client.id,
+                    ChatMember.left_seq.is_(None),
+                )
+            )
+        )
+        return await _listed(db_session, stmt, limit, cursor)
+
+    @get("/{conversation_id:uuid}", opt=requires("chat:read"), summary="One conversation")
+    async def get_one(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+    ) -> ConversationDetail:
+        return await detail(db_session, request.user, conversation_id)
+
+    @post(
+        "/{conversation_id:uuid}/join",
+        opt=requires("chat:write"),
+        status_code=201,
+        summary="Join a channel (or re-join a group you left)",
+        description="A new membership interval starts after the conversation's latest message: "
+        "what was posted while you were away stays hidden. 200 when already a member. A kicked "
+        "user joins again only when an admin adds them.",
+        responses={200: ResponseSpec(ConversationDetail, description="Already a member")},
+    )
+    async def join(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+    ) -> Response[ConversationDetail]:
+        joined = await membership.join(db_session, request.user, conversation_id)
+        body = await detail(db_session, request.user, conversation_id)
+        return Response(body, status_code=201 if joined else 200)
+
+    @post(
+        "/{conversation_id:uuid}/leave",
+        opt=requires("chat:write"),
+        status_code=204,
+        summary="Leave a group or channel",
+        description="Ends the caller's membership interval; they keep what they saw while a "
+        "member. 409 for the only owner of a conversation with other members.",
+        responses=problems(409),
+    )
+    async def leave(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+    ) -> None:
+        await membership.leave(db_session, request.user, conversation_id)
+
+    @post(
+        "/{conversation_id:uuid}/members",
+        opt=requires("chat:write"),
+        status_code=201,
+        summary="Add a member (owners and admins)",
+        description="Admins add members; owners add any role. 200 when already a member.",
+        responses={200: ResponseSpec(MemberView, description="Already a member")},
+    )
+    async def add_member(
+        self,
+        request: Request[Client, Any, State],
+        data: JSONBody[AddMemberRequest],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+    ) -> Response[MemberView]:
+        row, added = await membership.add(
+            db_session, request.user, conversation_id, data.user_id, data.role
+        )
+        return Response(_member_view(row), status_code=201 if added else 200)
+
+    @delete(
+        "/{conversation_id:uuid}/members/{user_id:str}",
+        opt=requires("chat:write"),
+        summary="Remove (kick) a member (owners and admins)",
+        description="Ends the member's interval; they cannot re-join until added again. Only an "
+        "owner removes an admin or owner.",
+    )
+    async def kick(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+        user_id: FromPath[str],
+    ) -> None:
+        await membership.kick(db_session, request.user, conversation_id, user_id)
+
+    @patch(
+        "/{conversation_id:uuid}/members/{user_id:str}",
+        opt=requires("chat:write"),
+        summary="Change a member's role (owners)",
+        responses=problems(409),
+    )
+    async def change_role(
+        self,
+        request: Request[Client, Any, State],
+        data: JSONBody[ChangeRoleRequest],
+        db_session: NamedDependency[AsyncSession],
+        conversation_id: FromPath[uuid.UUID],
+        user_id: FromPath[str],
+    ) -> MemberView:
+        row = await membership.change_role(
+            db_session, request.user, conversation_id, user_id, data.role
+        )
+        return _member_view(row)
+
+
+class ChannelController(Controller):
+    """/chat/channels: discover the tenant's public channels."""
+
+    path = "/channels"
+    tags = ["chat"]
+
+    @get(
+        "/",
+        opt=requires("chat:read"),
+        summary="The tenant's channels",
+        description="Every channel of the caller's tenant, joined or not (`role` null when not "
+        "a member), most recent activity first.",
+    )
+    async def channels(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> ConversationPage:
+        stmt = conversations_query(request.user).where(ChatConversation.kind == "channel")
+        return await _listed(db_session, stmt, limit, cursor)

@@ -1,0 +1,182 @@
+"""POST /chat/messages: the message, one copy per other current member and the outbox rows that
+push them, in one transaction under the conversation's lock."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaybox.api.auth import Client
+from relaybox.api.chat.access import require_member, seat
+from relaybox.api.chat.schemas import PostMessageRequest
+from relaybox.api.chat.views import message_views
+from relaybox.api.errors import ApiError
+from relaybox.api.idempotency import Idempotency, StoredResponse
+from relaybox.common.chat.delivery import deliver_payload
+from relaybox.common.db.models import (
+    ChatAttachment,
+    ChatConversation,
+    ChatMember,
+    ChatMessage,
+    ChatMessageAttachment,
+    ChatRecipient,
+)
+from relaybox.common.messaging.topology import CHAT_DELIVER
+from relaybox.common.outbox import enqueue, trace_headers
+
+IDEMPOTENCY_SCOPE = "chat.post"
+
+
+async def _stored(session: AsyncSession, message: ChatMessage, status: int) -> StoredResponse:
+    (view,) = await message_views(session, [message])
+    return StoredResponse.of(status, view)
+
+
+async def _check_attachments(session: AsyncSession, client: Client, ids: list[uuid.UUID]) -> None:
+    if not ids:
+        return
+    owned = set(
+        (
+            await session.scalars(
+                select(ChatAttachment.id).where(
+                    ChatAttachment.id.in_(ids),
+                    ChatAttachment.tenant_id == client.tenant,
+                    ChatAttachment.uploader_id == client.id,
+                )
+            )
+        ).all()
+    )
+    missing = [str(i) for i in ids if i not in owned]
+    if missing:
+        raise ApiError(
+            f"no upload of yours has the id {', '.join(missing)}: upload with POST "
+            "/chat/attachments first",
+            field="attachmentIds",
+        )
+
+
+async def post(
+    session: AsyncSession,
+    client: Client,
+    request: PostMessageRequest,
+    *,
+    fanout_batch: int,
+    idempotency: Idempotency | None,
+    correlation_id: str | None,
+) -> StoredResponse:
+    """202 with the new message; 200 with the stored one for a repeated `clientMessageId`."""
+    async with session.begin():
+        if idempotency is not None and (stored := await idempotency.replay(session)):
+            return stored
+        found = await seat(session, client, request.conversation_id, lock=True)
+        if request.client_message_id is not None:
+            earlier = await session.scalar(
+                select(ChatMessage).where(
+                    ChatMessage.tenant_id == client.tenant,
+                    ChatMessage.sender_id == client.id,
+                    ChatMessage.client_message_id == request.client_message_id,
+                )
+            )
+            if earlier is not None:
+                return await _stored(session, earlier, 200)
+        require_member(found, "post")
+        await _check_attachments(session, client, request.attachment_ids)
+        savepoint = await session.begin_nested()
+        seq = await session.scalar(
+            update(ChatConversation)
+            .where(ChatConversation.id == request.conversation_id)
+            .values(last_seq=ChatConversation.last_seq + 1, last_activity_at=func.now())
+            .returning(ChatConversation.last_seq)
+        )
+        assert seq is not None
+        message = await session.scalar(
+            pg_insert(ChatMessage)
+            .values(
+                id=uuid.uuid4(),
+                conversation_id=request.conversation_id,
+                tenant_id=client.tenant,
+                seq=seq,
+                sender_id=client.id,
+                text=request.text,
+                client_message_id=request.client_message_id,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[
+                    ChatMessage.tenant_id,
+                    ChatMessage.sender_id,
+                    ChatMessage.client_message_id,
+                ]
+            )
+            .returning(ChatMessage)
+        )
+        if message is None:  # the same clientMessageId, just committed in another conversation
+            await savepoint.rollback()
+            earlier = await session.scalar(
+                select(ChatMessage).where(
+                    ChatMessage.tenant_id == client.tenant,
+                    ChatMessage.sender_id == client.id,
+                    ChatMessage.client_message_id == request.client_message_id,
+                )
+            )
+            assert earlier is not None
+            return await _stored(session, earlier, 200)
+        await savepoint.commit()
+        recipients = list(
+            (
+                await session.scalars(
+                    insert(ChatRecipient)
+                    .from_select(
+                        ["message_id", "user_id", "conversation_id", "seq"],
+                        select(
+                            func.cast(message.id, ChatRecipient.message_id.type),
+                            ChatMember.user_id,
+                            ChatMember.conversation_id,
+                            func.cast(seq, ChatRecipient.seq.type),
+                        ).where(
+                            ChatMember.conversation_id == request.conversation_id,
+                            ChatMember.left_seq.is_(None),
+                            ChatMember.user_id != client.id,
+                        ),
+                    )
+                    .returning(ChatRecipient.user_id)
+                )
+            ).all()
+        )
+        await session.execute(  # the sender has read what they wrote
+            update(ChatMember)
+            .where(
+                ChatMember.conversation_id == request.conversation_id,
+                ChatMember.user_id == client.id,
+                ChatMember.left_seq.is_(None),
+            )
+            .values(read_seq=seq, read_at=func.now())
+        )
+        if request.attachment_ids:
+            await session.execute(
+                insert(ChatMessageAttachment).values(
+                    [
+                        {"message_id": message.id, "attachment_id": a, "position": i}
+                        for i, a in enumerate(request.attachment_ids)
+                    ]
+                )
+            )
+            await session.execute(
+                update(ChatAttachment)
+                .where(ChatAttachment.id.in_(request.attachment_ids))
+                .values(attached_at=func.coalesce(ChatAttachment.attached_at, func.now()))
+            )
+        headers = trace_headers(correlation_id)
+        for start in range(0, len(recipients), fanout_batch):
+            await enqueue(
+                session,
+                routing_key=CHAT_DELIVER,
+                payload=deliver_payload(str(message.id), recipients[start : start + fanout_batch]),
+                headers=headers,
+            )
+        response = await _stored(session, message, 202)
+        if idempotency is not None:
+            await idempotency.store(session, response)
+    return response
