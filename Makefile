@@ -7,6 +7,8 @@ PY_SRC := libs services tests bench
 
 # Development defaults for the targets that run the services (any RELAYBOX_* you set wins).
 run token seed: export RELAYBOX_DEV_MODE ?= true
+# The users of one organisation share its rows (the messenger needs that): the `org` claim.
+run token seed: export RELAYBOX_AUTH__TENANT_CLAIM ?= org
 run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 
@@ -33,16 +35,16 @@ seed: install ## load demo conversations through mock-meta's signed webhooks (ne
 	$(RUN) python -m relaybox.mock_meta.seed
 
 SUB ?= dev
-TENANT ?=
-token: install ## print a dev bearer token (all scopes; SUB=alice TENANT=acme for another caller)
-	@$(RUN) python -m relaybox.api token --sub $(SUB) $(if $(TENANT),--tenant $(TENANT))
+TENANT ?= dev
+token: install ## print a dev bearer token (all scopes; SUB=alice: another user of org dev; TENANT=acme: another org)
+	@$(RUN) python -m relaybox.api token --sub $(SUB) --tenant $(TENANT)
 
 run: preflight migrate ## start api, publisher, consumer and mock-meta (honcho), print URLs and a token
 	@echo ""
 	@echo "  API         http://127.0.0.1:3000   (OpenAPI + Swagger UI at /api)"
 	@echo "  mock-meta   http://127.0.0.1:4000   (received emails: /smtp/messages; SMTP sink on :1025)"
 	@echo "  publisher   http://127.0.0.1:9101/metrics   consumer http://127.0.0.1:9102/metrics"
-	@echo "  dev token   $$($(RUN) python -m relaybox.api token --sub dev)"
+	@echo "  dev token   $$($(RUN) python -m relaybox.api token --sub dev --tenant dev)"
 	@echo ""
 	$(RUN) honcho start -f Procfile
 
