@@ -21,3 +21,7 @@ def verify(secret: str, body: bytes, header: str | None) -> bool:
     if not header or not header.startswith(_PREFIX):
         return False
     return hmac.compare_digest(sign(secret, body), header)
+
+
+DEV_PUSH_SERVER_KEY = "dev-mock-push-server-key"
+"""The development server key of the push gateway: mock-meta checks it, the consumer sends it."""

@@ -1,10 +1,11 @@
 """The mock-meta Litestar application: health, metrics, the SMTP sink, Meta-like and email API,
-and the providers' call ledger."""
+the push gateway, and the providers' call ledger."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import msgspec
 from litestar import Litestar, Response, get
@@ -21,6 +22,8 @@ from relaybox.mock_meta.email_api.routes import BEARER_SCHEME, build_email_api_r
 from relaybox.mock_meta.ledger import LedgerView
 from relaybox.mock_meta.meta.mock import MetaMock
 from relaybox.mock_meta.meta.routes import build_meta_router
+from relaybox.mock_meta.push.mock import PushMock
+from relaybox.mock_meta.push.routes import build_push_router
 from relaybox.mock_meta.settings import MockMetaSettings
 from relaybox.mock_meta.smtp.routes import build_smtp_router
 from relaybox.mock_meta.smtp.sink import SmtpSink
@@ -46,15 +49,18 @@ def metrics() -> Response[bytes]:
 
 class Ledgers(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Every provider's calls per item key: SMTP by Message-ID (no angle brackets), the email
-    API by `Idempotency-Key`, Meta by `clientMessageId`."""
+    API and the push gateway by `Idempotency-Key`, Meta by `clientMessageId`."""
 
     smtp: LedgerView
     email_api: LedgerView
     meta: LedgerView
+    push: LedgerView
 
 
-def ledger_route(sink: SmtpSink, meta: MetaMock, email_api: EmailApiMock) -> HTTPRouteHandler:
-    """`GET /ledger` over the three mocks (cleared by each one's `DELETE .../messages`)."""
+def ledger_route(
+    sink: SmtpSink, meta: MetaMock, email_api: EmailApiMock, push: PushMock
+) -> HTTPRouteHandler:
+    """`GET /ledger` over the four mocks (cleared by each one's `DELETE .../messages`)."""
 
     @get("/ledger", tags=["ledger"], sync_to_thread=False)
     def ledger() -> Ledgers:
@@ -63,41 +69,39 @@ def ledger_route(sink: SmtpSink, meta: MetaMock, email_api: EmailApiMock) -> HTT
             smtp=sink.ledger.view(),
             email_api=email_api.ledger.view(),
             meta=meta.state.ledger.view(),
+            push=push.state.ledger.view(),
         )
 
     return ledger
 
 
-def sink_lifespan(sink: SmtpSink) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start the sink with the app unless it already runs; stop only what was started here."""
+class OwnedService(Protocol):
+    """A mock part the app starts and stops: the SMTP sink, the Meta and push mocks."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def owned_lifespan(
+    service: OwnedService,
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Start `service` with the app unless it already runs (an injected one); on stop, stop only
+    what was started here (the mocks cancel their background deliveries)."""
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        started_here = not sink.running
+        started_here = not service.running
         if started_here:
-            await sink.start()
+            await service.start()
         try:
             yield
         finally:
             if started_here:
-                await sink.stop()
-
-    return lifespan
-
-
-def meta_lifespan(meta: MetaMock) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Open the Meta mock's webhook client unless it is open; on stop cancel what runs."""
-
-    @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        started_here = not meta.running
-        if started_here:
-            await meta.start()
-        try:
-            yield
-        finally:
-            if started_here:
-                await meta.stop()
+                await service.stop()
 
     return lifespan
 
@@ -107,12 +111,14 @@ def create_app(
     sink: SmtpSink | None = None,
     meta: MetaMock | None = None,
     email_api: EmailApiMock | None = None,
+    push: PushMock | None = None,
 ) -> Litestar:
-    """Build the app; it owns a sink, a Meta mock and an email API mock made from `settings`
-    unless injected."""
+    """Build the app; it owns a sink, a Meta mock, an email API mock and a push gateway mock
+    made from `settings` unless injected."""
     smtp_sink = sink if sink is not None else SmtpSink(settings.smtp_sink)
     meta_mock = meta if meta is not None else MetaMock(settings.meta)
     email_api_mock = email_api if email_api is not None else EmailApiMock(settings.email_api)
+    push_mock = push if push is not None else PushMock(settings.push)
     return Litestar(
         logging_config=None,  # relaybox.common.observability.logging owns the root logger
         route_handlers=[
@@ -121,11 +127,17 @@ def create_app(
             build_smtp_router(smtp_sink),
             build_meta_router(meta_mock),
             build_email_api_router(email_api_mock),
-            ledger_route(smtp_sink, meta_mock, email_api_mock),
+            build_push_router(push_mock),
+            ledger_route(smtp_sink, meta_mock, email_api_mock, push_mock),
         ],
-        lifespan=[sink_lifespan(smtp_sink), meta_lifespan(meta_mock)],
+        lifespan=[owned_lifespan(smtp_sink), owned_lifespan(meta_mock), owned_lifespan(push_mock)],
         state=State(
-            {"smtp_sink": smtp_sink, "meta_mock": meta_mock, "email_api_mock": email_api_mock}
+            {
+                "smtp_sink": smtp_sink,
+                "meta_mock": meta_mock,
+                "email_api_mock": email_api_mock,
+                "push_mock": push_mock,
+            }
         ),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
         openapi_config=OpenAPIConfig(

@@ -27,3 +27,18 @@ EMAIL_API_TOKENS = Counter(
     "POST /email-api/auth/token answers of the email API mock",
     ("outcome",),  # issued, invalid_credentials, invalid_request
 )
+PUSH_SENDS = Counter(
+    "relaybox_mock_push_sends_total",
+    "POST /push/v1/messages:send answers of the push gateway mock",
+    (
+        "outcome",
+    ),  # accepted, unauthenticated, invalid, rate_limited, simulated_failure, unregistered
+)
+PUSH_RECEIPTS = Counter(
+    "relaybox_mock_push_receipts_total",
+    "Delivery receipts of the push gateway mock (after retries)",
+    ("outcome",),  # sent, failed, lost (an accepted push never delivered)
+)
+PUSH_RECEIPT_RETRIES = Counter(
+    "relaybox_mock_push_receipt_retries_total", "Receipt attempts retried by the push gateway mock"
+)

@@ -1,11 +1,12 @@
-"""Settings of the mock-meta service (HTTP server, SMTP sink, Meta-like provider, email API)."""
+"""Settings of the mock-meta service (HTTP server, SMTP sink, Meta-like provider, email API,
+push gateway)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from relaybox.common.settings import HttpServerSettings, ServiceSettings
-from relaybox.common.signing import DEV_WEBHOOK_SECRET
+from relaybox.common.signing import DEV_PUSH_SERVER_KEY, DEV_WEBHOOK_SECRET
 
 DEV_EMAIL_API_USERNAME = "relaybox"
 DEV_EMAIL_API_PASSWORD = "dev-email-api-password"  # noqa: S105 - development default only
@@ -21,14 +22,9 @@ class SmtpSinkSettings(BaseModel):
     )
 
 
-class MetaMockSettings(BaseModel):
-    """The Meta-like (WhatsApp / Instagram) provider: its webhook target and initial behaviour."""
+class WebhookDeliverySettings(BaseModel):
+    """How a mock posts its signed webhooks (Meta events, push receipts): key and retries."""
 
-    webhook_url: str = Field(
-        default="http://127.0.0.1:3000/webhooks/mock-meta",
-        pattern=r"^https?://\S+$",
-        description="where status and inbound events are posted (changeable via POST /config)",
-    )
     webhook_secret: str = Field(
         default=DEV_WEBHOOK_SECRET,
         min_length=1,
@@ -41,6 +37,16 @@ class MetaMockSettings(BaseModel):
     )
     webhook_backoff_s: float = Field(
         default=0.5, ge=0, description="delay before the first retry, doubled on each next one"
+    )
+
+
+class MetaMockSettings(WebhookDeliverySettings):
+    """The Meta-like (WhatsApp / Instagram) provider: its webhook target and initial behaviour."""
+
+    webhook_url: str = Field(
+        default="http://127.0.0.1:3000/webhooks/mock-meta",
+        pattern=r"^https?://\S+$",
+        description="where status and inbound events are posted (changeable via POST /config)",
     )
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     duplicate_rate: float = Field(default=0.0, ge=0, le=1)
@@ -82,6 +88,32 @@ class EmailApiMockSettings(BaseModel):
     )
 
 
+class PushMockSettings(WebhookDeliverySettings):
+    """The FCM-like push gateway (mounted under /push): its server key and where receipts go
+    (signed and retried as its `WebhookDeliverySettings` say)."""
+
+    server_key: str = Field(
+        default=DEV_PUSH_SERVER_KEY,
+        min_length=1,
+        repr=False,
+        description="the one bearer key POST /push/v1/messages:send accepts; never logged",
+    )
+    project: str = Field(
+        default="relaybox-mock", pattern=r"^[a-z0-9-]+$", description="in message names"
+    )
+    receipt_url: str = Field(
+        default="http://127.0.0.1:3000/webhooks/push",
+        pattern=r"^https?://\S+$",
+        description="where delivery receipts are posted (changeable via POST /push/_mock/config)",
+    )
+    rate_limit_per_second: int = Field(default=0, ge=0, description="0 = unlimited")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of simulated 429/503s")
+    seed: int | None = Field(default=None, description="None: a random seed (shown by /config)")
+    max_messages: int = Field(
+        default=10_000, ge=1, description="push calls kept; the oldest is dropped first"
+    )
+
+
 class MockMetaSettings(ServiceSettings):
     """Everything `python -m relaybox.mock_meta` reads from `RELAYBOX_*` variables."""
 
@@ -89,3 +121,4 @@ class MockMetaSettings(ServiceSettings):
     smtp_sink: SmtpSinkSettings = SmtpSinkSettings()
     meta: MetaMockSettings = MetaMockSettings()
     email_api: EmailApiMockSettings = EmailApiMockSettings()
+    push: PushMockSettings = PushMockSettings()
