@@ -17,9 +17,9 @@ from relaybox.mock_meta.meta.models import (
     parse_timestamp,
 )
 from relaybox.mock_meta.meta.state import Clock, MetaState, SendOutcome
-from relaybox.mock_meta.meta.webhooks import BackgroundTasks, WebhookSender
 from relaybox.mock_meta.metrics import META_SENDS, META_WEBHOOK_RETRIES, META_WEBHOOKS
 from relaybox.mock_meta.settings import MetaMockSettings
+from relaybox.mock_meta.webhooks import BackgroundTasks, WebhookSender
 
 log = logging.getLogger(__name__)
 

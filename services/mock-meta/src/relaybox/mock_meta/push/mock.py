@@ -13,7 +13,6 @@ import msgspec
 
 from relaybox.mock_meta.meta.models import format_timestamp
 from relaybox.mock_meta.meta.state import Clock
-from relaybox.mock_meta.meta.webhooks import BackgroundTasks, WebhookSender
 from relaybox.mock_meta.metrics import PUSH_RECEIPT_RETRIES, PUSH_RECEIPTS
 from relaybox.mock_meta.push.models import (
     PushConfig,
@@ -24,19 +23,10 @@ from relaybox.mock_meta.push.models import (
 )
 from relaybox.mock_meta.push.network import FOREVER, device, offline_until
 from relaybox.mock_meta.push.state import Answer, Delivery, PushState
-from relaybox.mock_meta.settings import (
-    MetaMockSettings,
-    PushMockSettings,
-    WebhookDeliverySettings,
-)
+from relaybox.mock_meta.settings import PushMockSettings
+from relaybox.mock_meta.webhooks import BackgroundTasks, WebhookSender
 
 log = logging.getLogger(__name__)
-
-
-def receipt_sender(settings: PushMockSettings) -> WebhookSender:
-    """The Meta mock's signed, retrying webhook sender, with the receipts' key and retries."""
-    delivery = {name: getattr(settings, name) for name in WebhookDeliverySettings.model_fields}
-    return WebhookSender(MetaMockSettings(**delivery))
 
 
 class PushMock:
@@ -44,7 +34,7 @@ class PushMock:
 
     def __init__(self, settings: PushMockSettings, clock: Clock = time.time) -> None:
         self.state = PushState(settings, clock)
-        self._sender = receipt_sender(settings)
+        self._sender = WebhookSender(settings)
         self._receipts = BackgroundTasks()
         self._config_changed = asyncio.Event()
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from relaybox.common.signing import SIGNATURE_HEADER, sign
-from relaybox.mock_meta.settings import MetaMockSettings
+from relaybox.mock_meta.settings import WebhookDeliverySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,7 +28,7 @@ class PostResult:
 class WebhookSender:
     """Posts raw JSON bodies signed with `X-Hub-Signature-256`; retries non-2xx and errors."""
 
-    def __init__(self, settings: MetaMockSettings) -> None:
+    def __init__(self, settings: WebhookDeliverySettings) -> None:
         self._secret = settings.webhook_secret
         self._timeout_s = settings.webhook_timeout_s
         self._attempts = settings.webhook_attempts
