@@ -30,7 +30,7 @@ async def people(chat_settings: ApiSettings, engine: AsyncEngine) -> AsyncIterat
     """`people("alice")`: the API as user alice of tenant acme (`tenant=` for another
     organisation, `scopes=` for other scopes); one client per caller, closed after the test."""
     app = create_app(chat_settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     clients: dict[tuple[str, str, tuple[str, ...]], httpx.AsyncClient] = {}
 
     def person(

@@ -7,15 +7,23 @@ from tests.integration.chat.conftest import People
 
 async def test_group_walkthrough(people: People) -> None:
     alice, bob, carol = people("alice"), people("bob"), people("carol")
-    r = await alice.post("/chat/conversations", json={"kind": "group", "title": "Team", "members": ["bob"]})
+    r = await alice.post(
+        "/chat/conversations", json={"kind": "group", "title": "Team", "members": ["bob"]}
+    )
     assert r.status_code == 201, r.text
     conv = r.json()
     assert {m["userId"] for m in conv["members"]} == {"alice", "bob"}
-    r = await alice.post("/chat/messages", json={"conversationId": conv["id"], "text": "hello team", "clientMessageId": "m1"})
+    r = await alice.post(
+        "/chat/messages",
+        json={"conversationId": conv["id"], "text": "hello team", "clientMessageId": "m1"},
+    )
     assert r.status_code == 202, r.text
     m1 = r.json()
     assert m1["seq"] == 1
-    r = await alice.post("/chat/messages", json={"conversationId": conv["id"], "text": "hello team", "clientMessageId": "m1"})
+    r = await alice.post(
+        "/chat/messages",
+        json={"conversationId": conv["id"], "text": "hello team", "clientMessageId": "m1"},
+    )
     assert r.status_code == 200 and r.json()["id"] == m1["id"]
     r = await bob.get("/chat/conversations")
     assert r.status_code == 200, r.text

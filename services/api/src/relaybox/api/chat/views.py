@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -63,6 +63,26 @@ async def message_views(
     ]
 
 
+def _newest_visible_seq(client: Client) -> ColumnElement[Any]:
+    """The sequence of the newest message of the conversation the caller may see (NULL when
+    none): a channel's last, else the end of their latest interval that holds a message. A
+    former member's last message is the end of their interval, not the conversation's."""
+    end = func.least(
+        func.coalesce(ChatMember.left_seq, ChatConversation.last_seq), ChatConversation.last_seq
+    )
+    in_intervals = (
+        select(func.max(end))
+        .where(
+            ChatMember.conversation_id == ChatConversation.id,
+            ChatMember.tenant_id == client.tenant,
+            ChatMember.user_id == client.id,
+            end > ChatMember.joined_seq,
+        )
+        .scalar_subquery()
+    )
+    return case((ChatConversation.kind == "channel", ChatConversation.last_seq), else_=in_intervals)
+
+
 def conversations_query(client: Client) -> Select[Any]:
     """Conversations with the caller's current membership (outer-joined: NULL when they are not
     a member), their unread count and the last message they may see."""
@@ -98,7 +118,7 @@ def conversations_query(client: Client) -> Select[Any]:
             last,
             and_(
                 last.conversation_id == ChatConversation.id,
-                last.seq == ChatConversation.last_seq,
+                last.seq == _newest_visible_seq(client),
                 visible_message(client.tenant, client.id, last),
             ),
         )
