@@ -14,7 +14,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck up down
+.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ lint: install ## ruff (lint + format check) and mypy --strict
 fmt: install ## apply ruff fixes and formatting
 	$(RUN) ruff check --fix $(PY_SRC)
 	$(RUN) ruff format $(PY_SRC)
+
+erd: install ## the messenger's ERD from the models: docs/messenger/database-model.dot, rendered to .png (graphviz's dot)
+	$(RUN) python -m relaybox.common.db.erd
 
 up: ## docker compose up (needs a Docker engine)
 	docker compose up --build
