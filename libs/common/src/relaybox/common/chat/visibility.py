@@ -6,47 +6,41 @@ while it lasts). A user who left or was kicked keeps the intervals they had (Mat
 the gap between a leave and a re-join stays hidden. A channel is public: anyone of its tenant
 sees all of it, joined or not.
 
-Every read path — the list, one message, search, unread counts, receipts, attachments — filters
-with `visible_message` (or the ranges it is built on); none filters in Python.
+Every read path — the list, one message, search, the last message, receipts, reads, attachments —
+filters with `visible_message`; none filters in Python. (Unread counts stay inside the current
+interval by construction: see `relaybox.api.chat.views`.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, literal, or_, select
-from sqlalchemy.sql.selectable import CompoundSelect
+from sqlalchemy import ColumnElement, and_, exists, or_
 
-from relaybox.common.db.models import MAX_SEQ, ChatConversation, ChatMember, ChatMessage
-
-
-def visible_ranges(tenant: str, user: str) -> CompoundSelect:
-    """Every (conversation_id, lo, hi) whose messages `lo < seq <= hi` `user` may see: their
-    membership intervals, and every channel of their tenant in full."""
-    intervals = select(
-        ChatMember.conversation_id.label("conversation_id"),
-        ChatMember.joined_seq.label("lo"),
-        ChatMember.left_seq.label("hi"),  # NULL: still a member
-    ).where(ChatMember.tenant_id == tenant, ChatMember.user_id == user)
-    channels = select(
-        ChatConversation.id, literal(0, ChatMember.joined_seq.type), literal(MAX_SEQ)
-    ).where(ChatConversation.tenant_id == tenant, ChatConversation.kind == "channel")
-    return intervals.union_all(channels)
+from relaybox.common.db.models import ChatConversation, ChatMember, ChatMessage
 
 
 def visible_message(tenant: str, user: str, message: Any = ChatMessage) -> ColumnElement[bool]:
     """The SQL condition "`user` of `tenant` may see this message row" (`message` is
     `ChatMessage` or an alias of it)."""
-    member_saw_it = exists().where(
-        ChatMember.conversation_id == message.conversation_id,
-        ChatMember.tenant_id == tenant,
-        ChatMember.user_id == user,
-        ChatMember.joined_seq < message.seq,
-        or_(ChatMember.left_seq.is_(None), message.seq <= ChatMember.left_seq),
-    ).correlate_except(ChatMember)
-    public = exists().where(
-        ChatConversation.id == message.conversation_id,
-        ChatConversation.tenant_id == tenant,
-        ChatConversation.kind == "channel",
-    ).correlate_except(ChatConversation)
+    member_saw_it = (
+        exists()
+        .where(
+            ChatMember.conversation_id == message.conversation_id,
+            ChatMember.tenant_id == tenant,
+            ChatMember.user_id == user,
+            ChatMember.joined_seq < message.seq,
+            or_(ChatMember.left_seq.is_(None), message.seq <= ChatMember.left_seq),
+        )
+        .correlate_except(ChatMember)
+    )
+    public = (
+        exists()
+        .where(
+            ChatConversation.id == message.conversation_id,
+            ChatConversation.tenant_id == tenant,
+            ChatConversation.kind == "channel",
+        )
+        .correlate_except(ChatConversation)
+    )
     return and_(message.tenant_id == tenant, or_(member_saw_it, public))

@@ -310,10 +310,6 @@ class MailingError(Base):
 
 # --- The internal messenger (/chat). docs/messenger/notes.md explains the model. -------------
 
-MAX_SEQ = 2**63 - 1
-"""The open end of a current membership interval (a bigint no sequence reaches)."""
-
-
 class ChatConversation(Base):
     """A direct, group or channel conversation of one tenant; `last_seq` is its message
     sequence, advanced only under this row's lock (posts, joins, leaves and kicks all take it)."""

@@ -59,9 +59,9 @@ async def _listed(
     if len(views) <= limit:
         return ConversationPage(data=views, next_cursor=None)
     views = views[:limit]
-    return ConversationPage(
-        data=views, next_cursor=encode_cursor(views[-1].last_activity_at, views[-1].id)
-    )
+    last = views[-1]
+    assert last.last_activity_at is not None  # listed: the caller's or a channel
+    return ConversationPage(data=views, next_cursor=encode_cursor(last.last_activity_at, last.id))
 
 
 async def detail(
@@ -73,13 +73,18 @@ async def detail(
             session,
             conversations_query(client).where(ChatConversation.id == conversation_id),
         )
-        members = (
-            await session.scalars(
-                select(ChatMember)
-                .where(ChatMember.conversation_id == conversation_id, ChatMember.left_seq.is_(None))
-                .order_by(ChatMember.joined_at, ChatMember.id)
+        members: list[ChatMember] = []
+        if view.member_count is not None:  # shown: a member's or a channel's
+            members = list(
+                await session.scalars(
+                    select(ChatMember)
+                    .where(
+                        ChatMember.conversation_id == conversation_id,
+                        ChatMember.left_seq.is_(None),
+                    )
+                    .order_by(ChatMember.joined_at, ChatMember.id)
+                )
             )
-        ).all()
     return ConversationDetail(
         **{f: getattr(view, f) for f in view.__struct_fields__},
         members=[_member_view(m) for m in members],

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
 from relaybox.api.chat.schemas import DeviceView, RegisterDeviceRequest
-from relaybox.api.errors import NotFoundError
+from relaybox.api.errors import ConflictError, NotFoundError
+from relaybox.api.openapi import problems
 from relaybox.common.db.models import ChatDevice
 
 
@@ -41,10 +42,14 @@ class DeviceController(Controller):
         opt=requires("chat:write"),
         status_code=201,
         summary="Register a device for pushes",
-        description="A push token belongs to one device: registering a token again (by anyone "
-        "of any tenant: the token's holder) moves it to the caller, with a new id. The same "
-        "caller registering their own token again gets the same device (200).",
-        responses={200: ResponseSpec(DeviceView, description="Already registered to the caller")},
+        description="A push token belongs to one device: another user of the organisation "
+        "registering it (the device changed hands) moves it to them, with a new id; the same "
+        "caller registering their own token again gets the same device (200); a token "
+        "registered in another organisation is a 409.",
+        responses={
+            200: ResponseSpec(DeviceView, description="Already registered to the caller"),
+            **problems(409),
+        },
     )
     async def register(
         self,
@@ -74,19 +79,20 @@ class DeviceController(Controller):
                     platform=data.platform,
                     push_token=data.push_token,
                 )
-                .on_conflict_do_update(
+                .on_conflict_do_update(  # the token's device moved to another user of the org
                     index_elements=[ChatDevice.push_token],
-                    set_={
-                        "id": uuid.uuid4(),
-                        "tenant_id": client.tenant,
-                        "user_id": client.id,
-                        "platform": data.platform,
-                    },
+                    set_={"id": uuid.uuid4(), "user_id": client.id, "platform": data.platform},
+                    where=ChatDevice.tenant_id == client.tenant,
                 )
                 .returning(ChatDevice)
                 .execution_options(populate_existing=True)
             )
-            assert row is not None
+            if row is None:
+                raise ConflictError(
+                    "this push token is registered in another organisation: remove it there "
+                    "first (DELETE /chat/devices/{id})",
+                    field="pushToken",
+                )
         return Response(_view(row), status_code=201)
 
     @get("/", opt=requires("chat:read"), summary="The caller's devices")

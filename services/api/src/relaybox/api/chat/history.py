@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
@@ -14,6 +14,7 @@ from relaybox.api.chat.access import seat
 from relaybox.api.chat.schemas import MessagePage, MessageView
 from relaybox.api.chat.views import message_views
 from relaybox.api.errors import ApiError, NotFoundError
+from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.common.chat.delivery import RecipientStatus, may_become
 from relaybox.common.chat.visibility import visible_message
 from relaybox.common.db.models import ChatMessage, ChatRecipient
@@ -46,14 +47,20 @@ async def page(
     q: str | None,
     before: int | None,
     after: int | None,
+    cursor: str | None,
     limit: int,
 ) -> MessagePage:
     """Newest first. Within one conversation the keyset is the sequence (`before`/`after`);
-    a search over every conversation the caller may see orders by time."""
+    a search over every conversation the caller may see orders by time (keyset `cursor`)."""
     if conversation_id is None and q is None:
         raise ApiError("give a conversationId, or a q to search every conversation", field="q")
     if conversation_id is None and (before is not None or after is not None):
         raise ApiError("before and after page within one conversationId", field="before")
+    if conversation_id is not None and cursor is not None:
+        raise ApiError(
+            "cursor pages a search of every conversation; in one, page with before",
+            field="cursor",
+        )
     async with session.begin():
         stmt = select(ChatMessage).where(visible_message(client.tenant, client.id))
         if conversation_id is not None:
@@ -65,6 +72,9 @@ async def page(
                 stmt = stmt.where(ChatMessage.seq > after)
             stmt = stmt.order_by(ChatMessage.seq.desc())
         else:
+            if cursor is not None:
+                key = tuple_(ChatMessage.created_at, ChatMessage.id)
+                stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
             stmt = stmt.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
         if q is not None:
             stmt = stmt.where(
@@ -75,8 +85,14 @@ async def page(
         rows = rows[:limit]
         await mark_fetched(session, client, [row.id for row in rows])
         views = await message_views(session, rows)
-    next_before = rows[-1].seq if more and conversation_id is not None else None
-    return MessagePage(data=views, next_before=next_before)
+    if not more:
+        return MessagePage(data=views, next_before=None, next_cursor=None)
+    last = rows[-1]
+    if conversation_id is not None:
+        return MessagePage(data=views, next_before=last.seq, next_cursor=None)
+    return MessagePage(
+        data=views, next_before=None, next_cursor=encode_cursor(last.created_at, last.id)
+    )
 
 
 async def visible(session: AsyncSession, client: Client, message_id: uuid.UUID) -> ChatMessage:

@@ -102,6 +102,12 @@ class ChatMessageController(Controller):
         q: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
         before: Seq = None,
         after: Seq = None,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=512, description="a search of every conversation: its `nextCursor`"
+            ),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
     ) -> MessagePage:
         return await history.page(
@@ -111,6 +117,7 @@ class ChatMessageController(Controller):
             q=q,
             before=before,
             after=after,
+            cursor=cursor,
             limit=limit,
         )
 

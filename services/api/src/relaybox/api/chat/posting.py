@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
 from relaybox.api.chat.access import require_member, seat
+from relaybox.api.chat.reads import mark_read
 from relaybox.api.chat.schemas import PostMessageRequest
 from relaybox.api.chat.views import message_views
-from relaybox.api.errors import ApiError
+from relaybox.api.errors import ApiError, ConflictError
 from relaybox.api.idempotency import Idempotency, StoredResponse
 from relaybox.common.chat.delivery import deliver_payload
 from relaybox.common.db.models import (
@@ -33,6 +34,21 @@ IDEMPOTENCY_SCOPE = "chat.post"
 async def _stored(session: AsyncSession, message: ChatMessage, status: int) -> StoredResponse:
     (view,) = await message_views(session, [message])
     return StoredResponse.of(status, view)
+
+
+async def _repeat(
+    session: AsyncSession, earlier: ChatMessage, request: PostMessageRequest
+) -> StoredResponse:
+    """The answer to a repeated `clientMessageId`: the stored message (200) when it was posted
+    to the same conversation; a 409 when the sender used the id in another one (nothing is
+    posted: the id names one message of theirs)."""
+    if earlier.conversation_id != request.conversation_id:
+        raise ConflictError(
+            f"clientMessageId {request.client_message_id!r} already names your message "
+            f"{earlier.id} in another conversation; use a new id for a new message",
+            field="clientMessageId",
+        )
+    return await _stored(session, earlier, 200)
 
 
 async def _check_attachments(session: AsyncSession, client: Client, ids: list[uuid.UUID]) -> None:
@@ -81,7 +97,7 @@ async def post(
                 )
             )
             if earlier is not None:
-                return await _stored(session, earlier, 200)
+                return await _repeat(session, earlier, request)
         require_member(found, "post")
         await _check_attachments(session, client, request.attachment_ids)
         savepoint = await session.begin_nested()
@@ -122,7 +138,7 @@ async def post(
                 )
             )
             assert earlier is not None
-            return await _stored(session, earlier, 200)
+            return await _repeat(session, earlier, request)
         await savepoint.commit()
         recipients = list(
             (
@@ -145,15 +161,7 @@ async def post(
                 )
             ).all()
         )
-        await session.execute(  # the sender has read what they wrote
-            update(ChatMember)
-            .where(
-                ChatMember.conversation_id == request.conversation_id,
-                ChatMember.user_id == client.id,
-                ChatMember.left_seq.is_(None),
-            )
-            .values(read_seq=seq, read_at=func.now())
-        )
+        await mark_read(session, client, request.conversation_id, seq)  # replying is reading
         if request.attachment_ids:
             await session.execute(
                 insert(ChatMessageAttachment).values(

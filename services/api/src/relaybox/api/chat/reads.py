@@ -17,42 +17,51 @@ from relaybox.common.chat.delivery import RecipientStatus, may_become
 from relaybox.common.db.models import ChatMember, ChatRecipient
 
 
+async def mark_read(
+    session: AsyncSession, client: Client, conversation_id: uuid.UUID, seq: int
+) -> int:
+    """The caller has read the conversation up to `seq`: their copies up to it are READ (the
+    first read time is kept) and each of their membership intervals' watermark moves up to it,
+    at most to the interval's end, never back. Returns how many copies became READ."""
+    marked = await session.execute(
+        update(ChatRecipient)
+        .where(
+            ChatRecipient.user_id == client.id,
+            ChatRecipient.conversation_id == conversation_id,
+            ChatRecipient.seq <= seq,
+            ChatRecipient.read_at.is_(None),
+            may_become(ChatRecipient.status, RecipientStatus.READ),
+        )
+        .values(
+            status=RecipientStatus.READ.value,
+            read_at=func.now(),
+            delivered_at=func.coalesce(ChatRecipient.delivered_at, func.now()),
+        )
+    )
+    cap = func.least(seq, func.coalesce(ChatMember.left_seq, seq))
+    await session.execute(
+        update(ChatMember)
+        .where(
+            ChatMember.conversation_id == conversation_id,
+            ChatMember.user_id == client.id,
+            ChatMember.joined_seq < seq,
+            ChatMember.read_seq < cap,
+        )
+        .values(read_seq=cap, read_at=func.now())
+    )
+    return int(marked.rowcount)  # type: ignore[attr-defined]
+
+
 async def read(session: AsyncSession, client: Client, message_id: uuid.UUID) -> ReadResult:
     async with session.begin():
         message = await visible(session, client, message_id)
-        marked = await session.execute(
-            update(ChatRecipient)
-            .where(
-                ChatRecipient.user_id == client.id,
-                ChatRecipient.conversation_id == message.conversation_id,
-                ChatRecipient.seq <= message.seq,
-                ChatRecipient.read_at.is_(None),
-                may_become(ChatRecipient.status, RecipientStatus.READ),
-            )
-            .values(
-                status=RecipientStatus.READ.value,
-                read_at=func.now(),
-                delivered_at=func.coalesce(ChatRecipient.delivered_at, func.now()),
-            )
-        )
-        # Each interval's watermark moves up to the message, at most to the interval's end.
-        cap = func.least(message.seq, func.coalesce(ChatMember.left_seq, message.seq))
-        await session.execute(
-            update(ChatMember)
-            .where(
-                ChatMember.conversation_id == message.conversation_id,
-                ChatMember.user_id == client.id,
-                ChatMember.joined_seq < message.seq,
-                ChatMember.read_seq < cap,
-            )
-            .values(read_seq=cap, read_at=func.now())
-        )
+        marked = await mark_read(session, client, message.conversation_id, message.seq)
         member = await current_member(session, message.conversation_id, client.id)
     return ReadResult(
         conversation_id=message.conversation_id,
         message_id=message.id,
         seq=message.seq,
-        marked_read=marked.rowcount,  # type: ignore[attr-defined]
+        marked_read=marked,
         read_up_to_seq=member.read_seq if member is not None else None,
     )
 

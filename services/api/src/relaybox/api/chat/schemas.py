@@ -166,10 +166,12 @@ class MessageView(msgspec.Struct, rename="camel"):
 
 
 class MessagePage(msgspec.Struct, rename="camel"):
-    """Newest first; `nextBefore` is the `before` of the next (older) page, null on the last."""
+    """Newest first. In one conversation `nextBefore` is the `before` of the next (older) page;
+    a search of every conversation pages with `nextCursor` instead; null on the last page."""
 
     data: list[MessageView]
     next_before: int | None
+    next_cursor: str | None
 
 
 class MemberView(msgspec.Struct, rename="camel"):
@@ -182,19 +184,21 @@ class MemberView(msgspec.Struct, rename="camel"):
 class ConversationView(msgspec.Struct, rename="camel"):
     """A conversation as the caller sees it: `role` is null when they are not a member (a
     channel reader, or a former member who keeps the history they saw); `unreadCount` counts
-    other people's messages after the caller's read watermark in their current membership."""
+    other people's messages after the caller's read watermark in their current membership. A
+    former member of a group sees neither its members nor its activity (`memberCount`,
+    `lastActivityAt` null, `members` empty)."""
 
     id: uuid.UUID
     kind: Kind
     title: str | None
     created_by: str
     created_at: datetime
-    last_activity_at: datetime
+    last_activity_at: datetime | None
     role: Role | None
     unread_count: int
     read_up_to_seq: int | None
     last_message: MessageView | None
-    member_count: int
+    member_count: int | None
 
 
 class ConversationDetail(ConversationView, kw_only=True):

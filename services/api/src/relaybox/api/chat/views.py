@@ -88,16 +88,10 @@ def conversations_query(client: Client) -> Select[Any]:
     a member), their unread count and the last message they may see."""
     me = aliased(ChatMember)
     last = aliased(ChatMessage)
-    unread = (
-        select(func.count())
-        .select_from(ChatMessage)
-        .where(
-            ChatMessage.conversation_id == ChatConversation.id,
-            ChatMessage.seq > me.read_seq,  # read_seq >= joined_seq: inside the interval
-            ChatMessage.sender_id != client.id,
-        )
-        .scalar_subquery()
-    )
+    # Derived, never stored: the sequence is gap-free and only posts advance it, and a post
+    # moves its sender's watermark to it, so every message after a member's watermark is
+    # someone else's, inside their current interval (read_seq >= joined_seq).
+    unread = ChatConversation.last_seq - me.read_seq
     members = (
         select(func.count())
         .select_from(ChatMember)
@@ -132,6 +126,9 @@ async def conversation_views(session: AsyncSession, stmt: Select[Any]) -> list[C
     by_id = {view.id: view for view in lasts}
     views = []
     for conversation, member, last, unread, members in rows:
+        # Who is in a group, and whether it is still active, is for its members (and, in a
+        # public channel, anyone); a former member sees only the history they kept.
+        shown = member is not None or conversation.kind == "channel"
         views.append(
             ConversationView(
                 id=conversation.id,
@@ -139,12 +136,12 @@ async def conversation_views(session: AsyncSession, stmt: Select[Any]) -> list[C
                 title=conversation.title,
                 created_by=conversation.created_by,
                 created_at=conversation.created_at,
-                last_activity_at=conversation.last_activity_at,
+                last_activity_at=conversation.last_activity_at if shown else None,
                 role=member.role if member is not None else None,
                 unread_count=unread if member is not None else 0,
                 read_up_to_seq=member.read_seq if member is not None else None,
                 last_message=by_id.get(last.id) if last is not None else None,
-                member_count=members,
+                member_count=members if shown else None,
             )
         )
     return views
