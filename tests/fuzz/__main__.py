@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -78,9 +79,10 @@ def running_api(database_url: str) -> Iterator[str]:
     """The API as a process on a free port; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    files = tempfile.mkdtemp(prefix="relaybox-fuzz-attachments-")  # uploaded attachments
     process = subprocess.Popen(
         [sys.executable, "-m", "relaybox.api", "serve"],
-        env=api_env(database_url, port),
+        env={**api_env(database_url, port), "RELAYBOX_CHAT__STORAGE__ROOT": files},
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -102,6 +104,7 @@ def running_api(database_url: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        shutil.rmtree(files, ignore_errors=True)
 
 
 def schemathesis_command(base: str, token: str, args: argparse.Namespace) -> list[str]:

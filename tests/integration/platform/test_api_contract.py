@@ -65,6 +65,7 @@ async def small_limit(
         update={
             "max_body_bytes": SMALL_LIMIT,
             "mailings": api_settings.mailings.model_copy(update={"max_file_bytes": SMALL_LIMIT}),
+            "chat": api_settings.chat.model_copy(update={"max_attachment_bytes": SMALL_LIMIT}),
         }
     )
     transport = httpx.ASGITransport(app=create_app(settings, engine=engine))  # type: ignore[arg-type]

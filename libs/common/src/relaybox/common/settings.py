@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, PostgresDsn, field_validator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, PostgresDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RELAYBOX_"
@@ -95,6 +98,36 @@ class WebhookRetention(BaseModel):
     )
 
 
+class AttachmentStorageSettings(BaseModel):
+    """Where attachment files live (`RELAYBOX_CHAT__STORAGE__*`): a local directory or any
+    S3-compatible server, each file under its sha256."""
+
+    kind: Literal["local", "s3"] = Field(default="local", description="`local` or `s3`")
+    root: Path = Field(
+        default=Path("var/attachments"),
+        description="local: the directory of the files (keep it outside any served directory)",
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="s3: the server's URL (empty: AWS's own endpoint)"
+    )
+    bucket: str = Field(default="", description="s3: the bucket (it must exist)")
+    region: str = Field(default="us-east-1", min_length=1, description="s3: the region")
+    access_key_id: SecretStr | None = Field(default=None, description="s3: the access key")
+    secret_access_key: SecretStr | None = Field(default=None, description="s3: its secret")
+    prefix: str = Field(default="", description="s3: prefix of every object key")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _s3_has_bucket(self) -> AttachmentStorageSettings:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("set RELAYBOX_CHAT__STORAGE__BUCKET when the storage kind is s3")
+        return self
+
+
 class ChatSettings(BaseModel):
     """The messenger (`RELAYBOX_CHAT__*`): what the API and the consumer's sweeper share."""
 
@@ -111,3 +144,4 @@ class ChatSettings(BaseModel):
     attachment_retention_h: float = Field(
         default=24.0, gt=0, description="uploads never attached to a message are deleted after"
     )
+    storage: AttachmentStorageSettings = AttachmentStorageSettings()

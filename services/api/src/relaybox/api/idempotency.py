@@ -93,6 +93,13 @@ class Idempotency:
     fingerprint: str
     ttl_h: int = 24
 
+    @classmethod
+    def of(
+        cls, client_id: str, scope: str, key: str | None, body: Any, ttl_h: int
+    ) -> Idempotency | None:
+        """The key's handle for a request whose validated body is `body`; None without a key."""
+        return cls(client_id, scope, key, request_hash(body), ttl_h) if key else None
+
     async def replay(self, session: AsyncSession) -> StoredResponse | None:
         """Lock the key for this transaction; the stored response if the key was used before."""
         locked = await session.scalar(

@@ -54,7 +54,7 @@ MEANINGS: dict[int, str] = {
     409: "Conflict: a request with this Idempotency-Key is still running, or the resource is not "
     "in a state that allows this",
     413: "The request body is larger than the limit (`maxBytes` when known)",
-    415: "The uploaded file is not a CSV text file",
+    415: "The uploaded file's type is refused: `detail` says why",
     422: "This Idempotency-Key was already used with a different request body",
     429: "Too many requests: retry after the number of seconds in Retry-After",
     503: "The database is unavailable: nothing was done; retry after the seconds in Retry-After",

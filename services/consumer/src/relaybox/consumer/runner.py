@@ -13,6 +13,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relaybox.common.chat.storage import open_store
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
@@ -111,6 +112,8 @@ def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = Non
         idempotency_retention_s=settings.idempotency_retention_h * 3600,
         webhook_event_retention_s=settings.webhook_event_retention_h * 3600,
         stale_parse_s=settings.stale_parse_s,
+        attachment_store=open_store(settings.chat.storage),
+        attachment_retention_s=settings.chat.attachment_retention_h * 3600,
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))
     return Consumer(

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from relaybox.common.faults import FaultSettings
 from relaybox.common.settings import (
+    ChatSettings,
     HttpServerSettings,
     ServiceSettings,
     WebhookRetention,
@@ -55,5 +56,6 @@ class ConsumerSettings(ServiceSettings, WebhookRetention):
     stale_pending_s: float = Field(
         default=900.0, gt=0, description="PENDING this long with no progress is re-enqueued"
     )
+    chat: ChatSettings = ChatSettings()
     consumer: HttpServerSettings = HttpServerSettings(port=9102)
     faults: FaultSettings = FaultSettings()

@@ -1,6 +1,7 @@
 """The sweeper: re-enqueue outbound rows stuck past their lease, and mailings whose parse stopped
 making progress, through the outbox; and delete what outlived its retention: stored
-Idempotency-Key answers nobody can replay any more, webhook events past any provider's retries.
+Idempotency-Key answers nobody can replay any more, webhook events past any provider's retries,
+chat uploads no message ever referenced (and their files, when no other row names them).
 
 Each sweep takes a batch with `FOR UPDATE SKIP LOCKED` and bumps `updated_at`, so several
 sweepers (one per consumer replica) never take the same row.
@@ -12,9 +13,11 @@ import logging
 from dataclasses import dataclass
 
 from prometheus_client import Counter
-from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import TextClause, exists, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.chat.storage import AttachmentStore, lock_file
+from relaybox.common.db.models import ChatAttachment
 from relaybox.common.mailings.rules import UNPARSED_SQL
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue
@@ -43,8 +46,31 @@ STALE_PARSES = text(
 )
 PURGED = Counter(
     "relaybox_sweeper_purged_total",
-    "Rows deleted once older than their retention (idempotency_keys, webhook_events)",
+    "Rows deleted once older than their retention (idempotency_keys, webhook_events, "
+    "chat_attachments)",
     ("table",),
+)
+ATTACHMENT_FILES_DELETED = Counter(
+    "relaybox_sweeper_attachment_files_deleted_total",
+    "Attachment files deleted from the store once no chat_attachments row named them",
+)
+# Uploads never attached to a message, older than the retention (the partial index on
+# created_at WHERE attached_at IS NULL finds them); a link without attached_at keeps one too.
+UNATTACHED_UPLOADS = text(
+    """
+    DELETE FROM chat_attachments WHERE id = ANY(ARRAY(
+        SELECT a.id FROM chat_attachments AS a
+        WHERE a.attached_at IS NULL
+          AND a.created_at < now() - make_interval(secs => :keep_s)
+          AND NOT EXISTS (
+              SELECT 1 FROM chat_message_attachments AS m WHERE m.attachment_id = a.id
+          )
+        ORDER BY a.created_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING sha256
+    """
 )
 
 
@@ -87,6 +113,9 @@ class Sweeper:
     webhook_event_retention_s: float = 7 * 24 * 3600.0
     stale_parse_s: float = 600.0
     purge_batch_size: int = 5000
+    attachment_store: AttachmentStore | None = None  # None: chat uploads are not swept
+    attachment_retention_s: float = 24 * 3600.0
+    attachment_batch_size: int = 100
 
     async def sweep_table(self, swept: SweptRoute) -> list[str]:
         """One batch of one table; the ids this sweeper took (and re-enqueued)."""
@@ -143,6 +172,37 @@ class Sweeper:
         PURGED.labels(retention.table).inc(result.rowcount)
         return result.rowcount
 
+    async def purge_unattached_uploads(self) -> int:
+        """Delete one batch of chat uploads no message referenced within the retention, and
+        each file no other row names; how many rows.
+
+        One transaction: a file that cannot be deleted leaves its rows for the next sweep. Each
+        file is checked and deleted under its advisory lock, which an upload of the same bytes
+        holds until its row commits, so a file is never deleted under a row about to name it.
+        """
+        if self.attachment_store is None:
+            return 0
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                UNATTACHED_UPLOADS,
+                {"keep_s": self.attachment_retention_s, "limit": self.attachment_batch_size},
+            )
+            purged = [sha256 for (sha256,) in result]
+            digests = sorted(set(purged))  # one lock order for every sweeper
+            deleted = [sha256 for sha256 in digests if await self._delete_file(conn, sha256)]
+        PURGED.labels("chat_attachments").inc(len(purged))
+        ATTACHMENT_FILES_DELETED.inc(len(deleted))
+        return len(purged)
+
+    async def _delete_file(self, conn: AsyncConnection, sha256: str) -> bool:
+        """Delete the file if no row names it any more (under its lock); whether it was."""
+        assert self.attachment_store is not None
+        await lock_file(conn, sha256)
+        if await conn.scalar(select(exists().where(ChatAttachment.sha256 == sha256))):
+            return False
+        await self.attachment_store.delete(sha256)
+        return True
+
     async def sweep(self) -> int:
         """Sweep every table once, and purge what outlived its retention; how many rows were
         re-enqueued."""
@@ -150,4 +210,5 @@ class Sweeper:
         await self.requeue_stale_parses()
         for retention in self.retentions():
             await self.purge(retention)
+        await self.purge_unattached_uploads()
         return requeued

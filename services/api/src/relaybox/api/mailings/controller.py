@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
 from relaybox.api.errors import ApiError, to_problem
-from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
+from relaybox.api.idempotency import Idempotency, IdempotencyKey, validate_key
 from relaybox.api.mailings import controls, create, reads, upload
 from relaybox.api.mailings.schemas import (
     UPLOAD_FORM_SCHEMA,
@@ -88,16 +88,12 @@ class MailingController(Controller):
         try:
             key = validate_key(idempotency_key)
             checked = await upload.inspect(data, settings.mailings)
-            idem = (
-                Idempotency(
-                    client.id,
-                    create.IDEMPOTENCY_SCOPE,
-                    key,
-                    request_hash(checked.fingerprint()),
-                    settings.idempotency_ttl_h,
-                )
-                if key
-                else None
+            idem = Idempotency.of(
+                client.id,
+                create.IDEMPOTENCY_SCOPE,
+                key,
+                checked.fingerprint(),
+                settings.idempotency_ttl_h,
             )
             stored = await create.create_mailing(
                 db_session,

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaybox.api.auth import Client
 from relaybox.api.idempotency import Idempotency, StoredResponse, lock_key
 from relaybox.api.mailings.reads import RecipientCounts, View, detail_of, mailing_detail
-from relaybox.api.mailings.upload import CheckedUpload, chunks
+from relaybox.api.mailings.upload import CheckedUpload
 from relaybox.api.settings import MailingSettings
+from relaybox.api.uploads import chunks
 from relaybox.common.db.models import Mailing, MailingChunk
 from relaybox.common.mailings.rules import MailingStatus
 from relaybox.common.messaging.topology import MAILING_PARSE

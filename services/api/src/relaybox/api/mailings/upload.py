@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 from litestar.datastructures import UploadFile
@@ -27,26 +24,21 @@ from relaybox.api.errors import ApiError
 from relaybox.api.fields import SINGLE_LINE
 from relaybox.api.mailings.schemas import MAX_BODY, MAX_SUBJECT, MailingUpload
 from relaybox.api.settings import MailingSettings
+from relaybox.api.uploads import (
+    CONTROL_CHARACTERS,
+    UnsupportedMediaTypeError,
+    chunks,
+    clean_file_name,
+    measure,
+)
 from relaybox.common.mailings.csv_stream import UTF8_BOM, columns, email_column, layout_error
 from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 
 SNIFF_BYTES = 64 * 1024
-MAX_FILE_NAME = 255
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-_CONTROL = {chr(c) for c in (*range(0x20), 0x7F)}
 _TEXT_CONTROLS = set("\t\n\r\f\v\x1a")  # \x1a: the DOS end-of-file mark some exports append
-_BINARY_CONTROLS = _CONTROL - _TEXT_CONTROLS
+_BINARY_CONTROLS = CONTROL_CHARACTERS - _TEXT_CONTROLS
 MAX_CONTROL_SHARE = 0.01  # more control characters than this (in the sample) is not text
-
-
-class PayloadTooLargeError(ApiError):
-    status_code = 413
-    title = HTTPStatus.REQUEST_ENTITY_TOO_LARGE.phrase
-
-
-class UnsupportedMediaTypeError(ApiError):
-    status_code = 415
-    title = HTTPStatus.UNSUPPORTED_MEDIA_TYPE.phrase
 
 
 @dataclass(frozen=True)
@@ -85,7 +77,7 @@ async def inspect(form: MailingUpload, settings: MailingSettings) -> CheckedUplo
     complete = not await form.file.read(1)
     sniff(sample, complete=complete)
     sha256, size = await measure(
-        form.file, chunk_bytes=settings.chunk_bytes, max_bytes=settings.max_file_bytes
+        chunks(form.file, settings.chunk_bytes), max_bytes=settings.max_file_bytes
     )
     return CheckedUpload(
         file=form.file,
@@ -116,15 +108,6 @@ def check_body(value: str) -> str:
     if "\x00" in value:
         raise ApiError("body must not contain NUL characters", field="body")
     return value
-
-
-def clean_file_name(name: str | None) -> str | None:
-    """The file's own name: no client-side directories, no control characters, 255 at most."""
-    if not name:
-        return None
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if c not in _CONTROL).strip()
-    return base[:MAX_FILE_NAME] or None
 
 
 def decode_sample(sample: bytes, *, complete: bool) -> str:
@@ -177,26 +160,3 @@ def sniff(sample: bytes, *, complete: bool) -> None:
         raise ApiError(f"the file is not valid CSV: {exc}", field="file") from None
     if (count := columns(header)) > 1:
         raise ApiError(layout_error("the first row", count), field="file")
-
-
-async def measure(upload: UploadFile, *, chunk_bytes: int, max_bytes: int) -> tuple[str, int]:
-    """(sha256 hex, size) read `chunk_bytes` at a time; a 413 as soon as it passes `max_bytes`."""
-    digest = hashlib.sha256()
-    size = 0
-    async for chunk in chunks(upload, chunk_bytes):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(
-                f"the file is larger than the limit of {max_bytes} bytes",
-                field="file",
-                maxBytes=max_bytes,
-            )
-        digest.update(chunk)
-    return digest.hexdigest(), size
-
-
-async def chunks(upload: UploadFile, chunk_bytes: int) -> AsyncIterator[bytes]:
-    """The file from its start, `chunk_bytes` at a time (the last piece may be shorter)."""
-    await upload.seek(0)
-    while chunk := await upload.read(chunk_bytes):
-        yield chunk
