@@ -144,3 +144,43 @@ async def copies(engine: AsyncEngine, conversation_id: str, user: str) -> dict[i
             {"c": conversation_id, "u": user},
         )
         return {int(seq): str(status) for seq, status in rows}
+
+
+_OUTSIDE = """
+SELECT r.seq, r.user_id FROM chat_recipients r
+WHERE r.conversation_id = :c AND NOT EXISTS (
+    SELECT 1 FROM chat_members mb
+    WHERE mb.conversation_id = r.conversation_id AND mb.user_id = r.user_id
+      AND mb.joined_seq < r.seq AND (mb.left_seq IS NULL OR r.seq <= mb.left_seq))
+"""
+_MISSING = """
+SELECT m.seq, mb.user_id FROM chat_messages m
+JOIN chat_members mb ON mb.conversation_id = m.conversation_id
+  AND mb.joined_seq < m.seq AND (mb.left_seq IS NULL OR m.seq <= mb.left_seq)
+WHERE m.conversation_id = :c AND mb.user_id <> m.sender_id AND NOT EXISTS (
+    SELECT 1 FROM chat_recipients r WHERE r.message_id = m.id AND r.user_id = mb.user_id)
+"""
+_UNPUSHED = """
+SELECT m.seq FROM chat_messages m
+WHERE m.conversation_id = :c AND (
+    SELECT coalesce(array_agg(u ORDER BY u), '{}') FROM outbox o,
+      jsonb_array_elements_text(o.payload -> 'recipients') u
+    WHERE o.routing_key = 'chat.deliver' AND o.payload ->> 'messageId' = m.id::text
+) IS DISTINCT FROM (
+    SELECT coalesce(array_agg(r.user_id::text ORDER BY r.user_id), '{}')
+    FROM chat_recipients r WHERE r.message_id = m.id)
+"""
+
+
+async def copy_violations(engine: AsyncEngine, conversation_id: str) -> dict[str, list[Any]]:
+    """What breaks "a message has a copy for exactly the other members whose interval holds
+    it, and its outbox rows push exactly those copies": copies outside every interval of their
+    user, (seq, user) without a copy, and messages whose outbox recipients differ (empty lists
+    when nothing breaks it)."""
+    found: dict[str, list[Any]] = {}
+    async with engine.connect() as conn:
+        for name, sql in (("outside", _OUTSIDE), ("missing", _MISSING), ("unpushed", _UNPUSHED)):
+            found[name] = [
+                tuple(row) for row in await conn.execute(text(sql), {"c": conversation_id})
+            ]
+    return found
