@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from litestar import Litestar, Router
+from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from relaybox.api.auth import check_secret, jwt_auth
 from relaybox.api.chat import chat_router
-from relaybox.api.chat.attachments import AttachmentController
 from relaybox.api.conversations.controller import ConversationController
 from relaybox.api.emails.accept import EmailIntake
 from relaybox.api.emails.controller import EmailController
@@ -94,7 +93,6 @@ def create_app(
             MetaWebhookController,
             mailings_router(settings),
             chat_router(),
-            Router(path="/chat", route_handlers=[AttachmentController]),  # until chat_router has it
         ],
         lifespan=[lifespan],
         state=State({"engine": db_engine}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Router
 
+from relaybox.api.chat.attachments import AttachmentController
 from relaybox.api.chat.conversations import ChannelController, ConversationController
 from relaybox.api.chat.devices import DeviceController
 from relaybox.api.chat.messages import ChatMessageController
@@ -17,5 +18,6 @@ def chat_router() -> Router:
             ChannelController,
             ChatMessageController,
             DeviceController,
+            AttachmentController,
         ],
     )

@@ -57,11 +57,13 @@ async def _check_attachments(session: AsyncSession, client: Client, ids: list[uu
     owned = set(
         (
             await session.scalars(
-                select(ChatAttachment.id).where(
+                select(ChatAttachment.id)
+                .where(
                     ChatAttachment.id.in_(ids),
                     ChatAttachment.tenant_id == client.tenant,
                     ChatAttachment.uploader_id == client.id,
                 )
+                .with_for_update(key_share=True)  # the sweeper cannot delete them meanwhile
             )
         ).all()
     )
