@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,7 @@ from relaybox.api.auth import Client, requires
 from relaybox.api.chat import membership
 from relaybox.api.chat.access import seat
 from relaybox.api.chat.schemas import (
+    MAX_ID,
     AddMemberRequest,
     ChangeRoleRequest,
     ConversationDetail,
@@ -25,6 +26,7 @@ from relaybox.api.chat.schemas import (
     MemberView,
 )
 from relaybox.api.chat.views import conversation_views, conversations_query
+from relaybox.api.fields import SINGLE_LINE
 from relaybox.api.openapi import problems
 from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.common.db.models import ChatConversation, ChatMember
@@ -33,6 +35,8 @@ Limit = Annotated[int, QueryParameter(ge=1, le=200, description="conversations p
 Cursor = Annotated[
     str | None, QueryParameter(description="the `nextCursor` of the previous page", max_length=512)
 ]
+# A member's user id in a path: the rule of `userId` bodies (a NUL reached PostgreSQL: a 500).
+UserId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID, pattern=SINGLE_LINE.pattern)]
 
 
 def _member_view(row: ChatMember) -> MemberView:
@@ -214,14 +218,16 @@ class ConversationController(Controller):
         opt=requires("chat:write"),
         summary="Remove (kick) a member (owners and admins)",
         description="Ends the member's interval; they cannot re-join until added again. Only an "
-        "owner removes an admin or owner.",
+        "owner removes an admin or owner. Removing yourself is leaving (409 for the only owner "
+        "of a conversation with other members).",
+        responses=problems(409),
     )
     async def kick(
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
         conversation_id: FromPath[uuid.UUID],
-        user_id: FromPath[str],
+        user_id: UserId,
     ) -> None:
         await membership.kick(db_session, request.user, conversation_id, user_id)
 
@@ -237,7 +243,7 @@ class ConversationController(Controller):
         data: JSONBody[ChangeRoleRequest],
         db_session: NamedDependency[AsyncSession],
         conversation_id: FromPath[uuid.UUID],
-        user_id: FromPath[str],
+        user_id: UserId,
     ) -> MemberView:
         row = await membership.change_role(
             db_session, request.user, conversation_id, user_id, data.role

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
 from relaybox.api.chat import history, posting, reads
+from relaybox.api.chat.access import idempotency_owner
 from relaybox.api.chat.schemas import (
     MessagePage,
     MessageView,
@@ -21,6 +22,7 @@ from relaybox.api.chat.schemas import (
     ReadResult,
     Receipts,
 )
+from relaybox.api.fields import NO_NUL
 from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
 from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
@@ -61,7 +63,7 @@ class ChatMessageController(Controller):
         key = validate_key(idempotency_key)
         idem = (
             Idempotency(
-                client.id,
+                idempotency_owner(client),
                 posting.IDEMPOTENCY_SCOPE,
                 key,
                 request_hash(data.model_dump(mode="json", by_alias=True)),
@@ -99,7 +101,9 @@ class ChatMessageController(Controller):
         conversation_id: Annotated[
             uuid.UUID | None, QueryParameter(name="conversationId", required=False)
         ] = None,
-        q: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
+        q: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=256, pattern=NO_NUL.pattern)
+        ] = None,
         before: Seq = None,
         after: Seq = None,
         cursor: Annotated[
