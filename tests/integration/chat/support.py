@@ -85,10 +85,11 @@ async def seqs(client: httpx.AsyncClient, conversation_id: str) -> list[int]:
 
 async def search(client: httpx.AsyncClient, q: str, conversation_id: str | None = None) -> set[str]:
     """The ids of the messages a search finds (in one conversation, or in all)."""
-    params: dict[str, Any] = {"q": q, "limit": 100}
     if conversation_id is not None:
-        params["conversationId"] = conversation_id
-    return {m["id"] for m in (await page(client, **params))["data"]}
+        found = await page(client, q=q, limit=100, conversationId=conversation_id)
+    else:
+        found = await call(client, "GET", "/chat/search", 200, params={"q": q, "limit": 100})
+    return {m["id"] for m in found["data"]}
 
 
 async def inbox(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:

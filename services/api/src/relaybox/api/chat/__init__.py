@@ -7,7 +7,7 @@ from litestar import Router
 from relaybox.api.chat.attachments import AttachmentController
 from relaybox.api.chat.conversations import ChannelController, ConversationController
 from relaybox.api.chat.devices import DeviceController
-from relaybox.api.chat.messages import ChatMessageController
+from relaybox.api.chat.messages import ChatMessageController, SearchController
 
 
 def chat_router() -> Router:
@@ -17,6 +17,7 @@ def chat_router() -> Router:
             ConversationController,
             ChannelController,
             ChatMessageController,
+            SearchController,
             DeviceController,
             AttachmentController,
         ],

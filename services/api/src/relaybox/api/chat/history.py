@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
 from relaybox.api.chat.access import seat
-from relaybox.api.chat.schemas import MessagePage, MessageView
+from relaybox.api.chat.schemas import MessagePage, MessageView, SearchPage
 from relaybox.api.chat.views import message_views
-from relaybox.api.errors import ApiError, NotFoundError
+from relaybox.api.errors import NotFoundError
 from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.common.chat.delivery import RecipientStatus, may_become
 from relaybox.common.chat.visibility import visible_message
@@ -39,60 +39,65 @@ async def mark_fetched(session: AsyncSession, client: Client, ids: list[uuid.UUI
         )
 
 
+def _matching(stmt: Select[ChatMessage], q: str | None) -> Select[ChatMessage]:
+    """`stmt` limited to messages matching the search `q` (web-search syntax), if given."""
+    if q is None:
+        return stmt
+    return stmt.where(ChatMessage.search.op("@@")(func.websearch_to_tsquery(SEARCH_CONFIG, q)))
+
+
+async def _fetched(
+    session: AsyncSession, client: Client, stmt: Select[ChatMessage], limit: int
+) -> tuple[list[ChatMessage], list[MessageView], bool]:
+    """Up to `limit` rows of `stmt`, their views, and whether more follow; marks them fetched."""
+    rows = list((await session.scalars(stmt.limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    await mark_fetched(session, client, [row.id for row in rows])
+    return rows, await message_views(session, rows), more
+
+
 async def page(
     session: AsyncSession,
     client: Client,
+    conversation_id: uuid.UUID,
     *,
-    conversation_id: uuid.UUID | None,
     q: str | None,
     before: int | None,
     after: int | None,
-    cursor: str | None,
     limit: int,
 ) -> MessagePage:
-    """Newest first. Within one conversation the keyset is the sequence (`before`/`after`);
-    a search over every conversation the caller may see orders by time (keyset `cursor`)."""
-    if conversation_id is None and q is None:
-        raise ApiError("give a conversationId, or a q to search every conversation", field="q")
-    if conversation_id is None and (before is not None or after is not None):
-        raise ApiError("before and after page within one conversationId", field="before")
-    if conversation_id is not None and cursor is not None:
-        raise ApiError(
-            "cursor pages a search of every conversation; in one, page with before",
-            field="cursor",
-        )
+    """A conversation's messages the caller may see, newest first (keyset on the sequence)."""
     async with session.begin():
-        stmt = select(ChatMessage).where(visible_message(client.tenant, client.id))
-        if conversation_id is not None:
-            await seat(session, client, conversation_id)  # 404 unless they may see it
-            stmt = stmt.where(ChatMessage.conversation_id == conversation_id)
-            if before is not None:
-                stmt = stmt.where(ChatMessage.seq < before)
-            if after is not None:
-                stmt = stmt.where(ChatMessage.seq > after)
-            stmt = stmt.order_by(ChatMessage.seq.desc())
-        else:
-            if cursor is not None:
-                key = tuple_(ChatMessage.created_at, ChatMessage.id)
-                stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
-            stmt = stmt.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
-        if q is not None:
-            stmt = stmt.where(
-                ChatMessage.search.op("@@")(func.websearch_to_tsquery(SEARCH_CONFIG, q))
-            )
-        rows = list((await session.scalars(stmt.limit(limit + 1))).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        await mark_fetched(session, client, [row.id for row in rows])
-        views = await message_views(session, rows)
+        await seat(session, client, conversation_id)  # 404 unless they may see it
+        stmt = select(ChatMessage).where(
+            ChatMessage.conversation_id == conversation_id,
+            visible_message(client.tenant, client.id),
+        )
+        if before is not None:
+            stmt = stmt.where(ChatMessage.seq < before)
+        if after is not None:
+            stmt = stmt.where(ChatMessage.seq > after)
+        stmt = _matching(stmt.order_by(ChatMessage.seq.desc()), q)
+        rows, views, more = await _fetched(session, client, stmt, limit)
+    return MessagePage(data=views, next_before=rows[-1].seq if more else None)
+
+
+async def search(
+    session: AsyncSession, client: Client, *, q: str, cursor: str | None, limit: int
+) -> SearchPage:
+    """Matches in every conversation the caller may see, newest first (keyset on time, id)."""
+    stmt = select(ChatMessage).where(visible_message(client.tenant, client.id))
+    if cursor is not None:
+        key = tuple_(ChatMessage.created_at, ChatMessage.id)
+        stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
+    stmt = _matching(stmt.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc()), q)
+    async with session.begin():
+        rows, views, more = await _fetched(session, client, stmt, limit)
     if not more:
-        return MessagePage(data=views, next_before=None, next_cursor=None)
+        return SearchPage(data=views, next_cursor=None)
     last = rows[-1]
-    if conversation_id is not None:
-        return MessagePage(data=views, next_before=last.seq, next_cursor=None)
-    return MessagePage(
-        data=views, next_before=None, next_cursor=encode_cursor(last.created_at, last.id)
-    )
+    return SearchPage(data=views, next_cursor=encode_cursor(last.created_at, last.id))
 
 
 async def visible(session: AsyncSession, client: Client, message_id: uuid.UUID) -> ChatMessage:

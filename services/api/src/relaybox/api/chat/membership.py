@@ -69,7 +69,7 @@ async def create(
         if request.kind == "direct":
             if len(others) != 1:
                 raise ApiError(
-                    "a direct conversation names exactly one other user in `members`",
+                    "a direct conversation is with another user: name them in `members`",
                     field="members",
                 )
             key = direct_key(client.id, others[0])
@@ -187,16 +187,18 @@ async def leave(session: AsyncSession, client: Client, conversation_id: uuid.UUI
     async with session.begin():
         found = await seat(session, client, conversation_id, lock=True)
         _not_direct(found, "leave it")
-        member = require_member(found, "leave")
-        if (
-            member.role == "owner"
-            and await _owners(session, conversation_id) == 1
-            and await _members(session, conversation_id) > 1
-        ):
-            raise ConflictError(
-                "you are the only owner: make another member an owner before leaving"
-            )
-        await _end(session, found, member, "left")
+        await _leave(session, found, require_member(found, "leave"))
+
+
+async def _leave(session: AsyncSession, found: Seat, member: ChatMember) -> None:
+    conversation_id = found.conversation.id
+    if (
+        member.role == "owner"
+        and await _owners(session, conversation_id) == 1
+        and await _members(session, conversation_id) > 1
+    ):
+        raise ConflictError("you are the only owner: make another member an owner before leaving")
+    await _end(session, found, member, "left")
 
 
 async def add(
@@ -224,9 +226,10 @@ async def kick(
     async with session.begin():
         found = await seat(session, client, conversation_id, lock=True)
         _not_direct(found, "be removed")
+        if user == client.id:  # removing yourself is leaving
+            await _leave(session, found, require_member(found, "leave"))
+            return
         me = require_manager(found, "remove members")
-        if user == client.id:
-            raise ApiError("to remove yourself, leave the conversation", field="userId")
         target = await current_member(session, conversation_id, user)
         if target is None:
             raise NotFoundError(f"{user!r} is not a member of conversation {conversation_id}")

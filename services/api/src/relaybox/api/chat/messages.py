@@ -21,6 +21,7 @@ from relaybox.api.chat.schemas import (
     PostMessageRequest,
     ReadResult,
     Receipts,
+    SearchPage,
 )
 from relaybox.api.fields import NO_NUL
 from relaybox.api.idempotency import Idempotency, IdempotencyKey, request_hash, validate_key
@@ -28,7 +29,45 @@ from relaybox.api.openapi import problems
 from relaybox.api.settings import ApiSettings
 from relaybox.common.observability.logging import request_id_var
 
-Seq = Annotated[int | None, QueryParameter(ge=0, le=2**62, description="a message sequence number")]
+Seq = Annotated[
+    int | None,
+    QueryParameter(
+        ge=0,
+        le=2**62,
+        description="a message sequence number",
+        schema_extra={"minimum": 0},  # (Litestar drops a falsy ge from the document)
+    ),
+]
+Query = Annotated[str | None, QueryParameter(min_length=1, max_length=256, pattern=NO_NUL.pattern)]
+Limit = Annotated[int, QueryParameter(ge=1, le=100)]
+
+
+class SearchController(Controller):
+    """/chat/search: full-text search in every conversation the caller may see."""
+
+    path = "/search"
+    tags = ["chat"]
+
+    @get(
+        "/",
+        opt=requires("chat:read"),
+        summary="Search every conversation",
+        description='Messages matching `q` (words, "phrases", -exclusions) in every '
+        "conversation the caller may see, under the history rule, newest first; page with "
+        "`cursor` (the `nextCursor` of the previous page).",
+    )
+    async def search(
+        self,
+        request: Request[Client, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        q: Annotated[str, QueryParameter(min_length=1, max_length=256, pattern=NO_NUL.pattern)],
+        cursor: Annotated[
+            str | None,
+            QueryParameter(max_length=512, description="the `nextCursor` of the previous page"),
+        ] = None,
+        limit: Limit = 50,
+    ) -> SearchPage:
+        return await history.search(db_session, request.user, q=q, cursor=cursor, limit=limit)
 
 
 class ChatMessageController(Controller):
@@ -85,43 +124,32 @@ class ChatMessageController(Controller):
     @get(
         "/",
         opt=requires("chat:read"),
-        summary="History and search",
-        description="Newest first. With `conversationId`: that conversation's messages the "
-        "caller may see (the history rule: only those posted while they were a member, or all "
-        "of a channel), paged with `before` (the `nextBefore` of the previous page) and "
-        '`after`. With `q`: full-text search (words, "phrases", -exclusions) within the '
-        "same rule, in one conversation or all of them. Fetching marks the caller's own "
-        "copies DELIVERED.",
+        summary="A conversation's history, and search in it",
+        description="Newest first: the messages of `conversationId` the caller may see (the "
+        "history rule: those posted while they were a member, or all of a channel), paged with "
+        "`before` (the `nextBefore` of the previous page) and `after` (sequence numbers). `q` "
+        'keeps those matching a full-text search (words, "phrases", -exclusions). Fetching '
+        "marks the caller's own copies DELIVERED. `GET /chat/search` searches every "
+        "conversation.",
         responses=problems(404),
     )
     async def list_messages(
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
-        conversation_id: Annotated[
-            uuid.UUID | None, QueryParameter(name="conversationId", required=False)
-        ] = None,
-        q: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=256, pattern=NO_NUL.pattern)
-        ] = None,
+        conversation_id: Annotated[uuid.UUID, QueryParameter(name="conversationId")],
+        q: Query = None,
         before: Seq = None,
         after: Seq = None,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                max_length=512, description="a search of every conversation: its `nextCursor`"
-            ),
-        ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
+        limit: Limit = 50,
     ) -> MessagePage:
         return await history.page(
             db_session,
             request.user,
-            conversation_id=conversation_id,
+            conversation_id,
             q=q,
             before=before,
             after=after,
-            cursor=cursor,
             limit=limit,
         )
 

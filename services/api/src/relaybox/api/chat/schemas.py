@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,11 +21,42 @@ MAX_MEMBERS = 5000
 MAX_ATTACHMENTS = 10
 
 
+def _when_kind(kind: str, then: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: "when `kind` is `kind`, the body also matches `then`"."""
+    return {"anyOf": [{"not": {"properties": {"kind": {"const": kind}}}}, then]}
+
+
+# The kind rules the validator applies, stated in the document (a client may send anything the
+# document allows): a direct has no title and exactly one member; a channel has a title.
+_KIND_RULES: dict[str, Any] = {
+    "allOf": [
+        _when_kind(
+            "direct",
+            {
+                "properties": {
+                    "title": {"type": "null"},
+                    "members": {"minItems": 1, "maxItems": 1},
+                },
+                "required": ["members"],
+            },
+        ),
+        _when_kind("channel", {"properties": {"title": {"type": "string"}}, "required": ["title"]}),
+    ]
+}
+# A message has a text, attachments, or both.
+_NOT_EMPTY: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"text": {"type": "string"}}, "required": ["text"]},
+        {"properties": {"attachmentIds": {"minItems": 1}}, "required": ["attachmentIds"]},
+    ]
+}
+
+
 class CreateConversationRequest(BaseModel):
-    """POST /chat/conversations body. A `direct` names exactly one other user in `members`; a
+    """POST /chat/conversations body. A `direct` names the other user, alone, in `members`; a
     `channel` needs a `title`; the caller owns a group or channel they create."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra=_KIND_RULES)
 
     kind: Kind
     title: str | None = Field(
@@ -35,7 +66,9 @@ class CreateConversationRequest(BaseModel):
         default_factory=list,
         max_length=MAX_MEMBERS,
         description="user ids (JWT subjects of the caller's tenant) to add as members",
-        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": MAX_ID}},
+        json_schema_extra={
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID, **SINGLE_LINE.schema()}
+        },
     )
 
     @field_validator("title")
@@ -58,6 +91,8 @@ class CreateConversationRequest(BaseModel):
             raise ValueError("a channel needs a title (it is how people find it)")
         if self.kind == "direct" and self.title is not None:
             raise ValueError("a direct conversation has no title")
+        if self.kind == "direct" and len(self.members) != 1:
+            raise ValueError("a direct conversation names the other user, alone, in `members`")
         return self
 
 
@@ -88,7 +123,7 @@ class ChangeRoleRequest(BaseModel):
 class PostMessageRequest(BaseModel):
     """POST /chat/messages body: text, attachments (ids of the caller's uploads), or both."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra=_NOT_EMPTY)
 
     conversation_id: uuid.UUID = Field(alias="conversationId")
     text: str | None = Field(
@@ -166,11 +201,17 @@ class MessageView(msgspec.Struct, rename="camel"):
 
 
 class MessagePage(msgspec.Struct, rename="camel"):
-    """Newest first. In one conversation `nextBefore` is the `before` of the next (older) page;
-    a search of every conversation pages with `nextCursor` instead; null on the last page."""
+    """A conversation's messages, newest first; `nextBefore` is the `before` of the next
+    (older) page, null on the last."""
 
     data: list[MessageView]
     next_before: int | None
+
+
+class SearchPage(msgspec.Struct, rename="camel"):
+    """Matches in every conversation the caller may see, newest first; `nextCursor` pages on."""
+
+    data: list[MessageView]
     next_cursor: str | None
 
 
