@@ -41,11 +41,7 @@ from tests.integration.chat.support import call, conversation, kick, leave, word
 CALLERS = ("outsider", "member", "left", "kicked", "admin", "other tenant", "owner")
 KINDS = ("group", "channel")
 READ, WRITE = "chat:read", "chat:write"
-PNG = (
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
-    b"\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00"
-    b"\x00\x00IEND\xaeB`\x82"
-)
+NOTE = b"a note for the team\n"  # sniffed as text/plain
 
 
 @dataclass
@@ -236,7 +232,7 @@ async def build(people: People) -> World:
         )
         url = f"/chat/conversations/{conversation_id}/members/admin"
         await call(owner, "PATCH", url, 200, json={"role": "admin"})
-        attachment = await call(owner, "POST", "/chat/attachments", 201, files=_png())
+        attachment = await call(owner, "POST", "/chat/attachments", 201, files=_file())
         message = await call(
             owner,
             "POST",
@@ -256,13 +252,13 @@ async def build(people: People) -> World:
     return World(targets, device["id"], planted)
 
 
-def _png() -> dict[str, tuple[str, bytes]]:
-    return {"file": ("pixel.png", PNG)}
+def _file() -> dict[str, tuple[str, bytes]]:
+    return {"file": ("note.txt", NOTE)}
 
 
 async def send(client: httpx.AsyncClient, method: str, ask: Call, token: bool = True) -> Any:
     request = client.build_request(
-        method, ask.url, json=ask.body, files=_png() if ask.upload else None
+        method, ask.url, json=ask.body, files=_file() if ask.upload else None
     )
     if not token:
         del request.headers["Authorization"]
