@@ -13,7 +13,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import api_accept, e2e_latency, mailing_ingest, rate_precision, relay, webhook_ingest
+from bench import (
+    api_accept,
+    chat_history,
+    chat_inbox,
+    e2e_latency,
+    mailing_ingest,
+    rate_precision,
+    relay,
+    webhook_ingest,
+)
 from bench.common import Result, emit_json, render_table
 
 BENCHES: dict[str, Callable[[bool], Result]] = {
@@ -23,6 +32,8 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "webhook_ingest": lambda quick: webhook_ingest.run(quick=quick),
     "rate_precision": lambda quick: rate_precision.run(quick=quick),
     "mailing_ingest": lambda quick: mailing_ingest.run(quick=quick),
+    "chat_history": lambda quick: chat_history.run(quick=quick),
+    "chat_inbox": lambda quick: chat_inbox.run(quick=quick),
 }
 
 

@@ -58,6 +58,16 @@ class RawConnection:
 
     async def request(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """POST `body` with these extra `headers`: (status, body); status 0 when it failed."""
+        return await self.send(b"POST", path, body, headers)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """GET `path` (with its query string): (status, body); status 0 when it failed."""
+        return await self.send(b"GET", path, b"", {})
+
+    async def send(
+        self, method: bytes, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request: (status, body); status 0 when it failed."""
         try:
             if self._streams is not None and self._streams[0].at_eof():
                 await self.close()  # the server closed it while idle (keep-alive timeout)
@@ -66,8 +76,8 @@ class RawConnection:
             reader, writer = self._streams
             extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
             writer.write(
-                b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s"
-                % (path.encode(), self._headers, extra, len(body), body)
+                b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s"
+                % (method, path.encode(), self._headers, extra, len(body), body)
             )
             head = await reader.readuntil(b"\r\n\r\n")
             length, close = 0, False
