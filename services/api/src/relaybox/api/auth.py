@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ class Client:
     @property
     def admin(self) -> bool:
         return ADMIN_SCOPE in self.scopes
+
+    @property
+    def key_owner(self) -> str:
+        """Whose Idempotency-Keys these are: the subject *in its tenant* (the same `sub` in
+        another organisation is someone else: its keys neither replay nor refuse this one's).
+        The subject alone when it is its own tenant (the default claim); else a digest that fits
+        the key table's column."""
+        if self.tenant == self.id:
+            return self.id
+        return hashlib.sha256(f"{self.tenant}\x1f{self.id}".encode()).hexdigest()
 
     @property
     def tenant_filter(self) -> str | None:

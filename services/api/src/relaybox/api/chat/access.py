@@ -3,7 +3,6 @@ answers every chat route gives alike."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -79,13 +78,6 @@ async def seat(
     if not found.visible:
         raise NotFoundError.of("conversation", conversation_id)
     return found
-
-
-def idempotency_owner(client: Client) -> str:
-    """Whose Idempotency-Keys these are: the subject *in its tenant* (the same `sub` in another
-    organisation is someone else; its keys must neither replay nor refuse this one's), hashed
-    to fit the key table's client column."""
-    return hashlib.sha256(f"{client.tenant}\x1f{client.id}".encode()).hexdigest()
 
 
 def forbidden(detail: str) -> PermissionDeniedException:

@@ -128,7 +128,7 @@ class AttachmentController(Controller):
         try:
             checked = attachment_service.check(received)
             idempotency = Idempotency.of(
-                client.id,
+                client.key_owner,
                 attachment_service.IDEMPOTENCY_SCOPE,
                 key,
                 checked.fingerprint(),

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
 from relaybox.api.chat import history, posting, reads
-from relaybox.api.chat.access import idempotency_owner
 from relaybox.api.chat.schemas import (
     MessagePage,
     MessageView,
@@ -102,7 +101,7 @@ class ChatMessageController(Controller):
         key = validate_key(idempotency_key)
         idem = (
             Idempotency(
-                idempotency_owner(client),
+                client.key_owner,
                 posting.IDEMPOTENCY_SCOPE,
                 key,
                 request_hash(data.model_dump(mode="json", by_alias=True)),

@@ -84,7 +84,7 @@ class EmailIntake:
         correlation_id: str | None,
     ) -> StoredResponse:
         """Accept one validated request of `client`, for its tenant (see `accept_email`)."""
-        client_id = client.id
+        client_id = client.key_owner
         idempotency = None
         if key is not None:
             fingerprint = request_hash(request.model_dump(by_alias=True))

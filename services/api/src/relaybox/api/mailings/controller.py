@@ -89,7 +89,7 @@ class MailingController(Controller):
             key = validate_key(idempotency_key)
             checked = await upload.inspect(data, settings.mailings)
             idem = Idempotency.of(
-                client.id,
+                client.key_owner,
                 create.IDEMPOTENCY_SCOPE,
                 key,
                 checked.fingerprint(),

@@ -56,7 +56,7 @@ class MessageController(Controller):
         key = validate_key(idempotency_key)
         idem = (
             Idempotency(
-                client.id,
+                client.key_owner,
                 service.IDEMPOTENCY_SCOPE,
                 key,
                 request_hash(data.model_dump(by_alias=True)),
