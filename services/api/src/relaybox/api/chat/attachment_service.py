@@ -66,17 +66,22 @@ async def store_upload(
     upload: CheckedAttachment,
     idempotency: Idempotency | None,
 ) -> StoredResponse:
-    """Store the file (unless the same bytes are stored already) and its row: 201.
+    """Store the file, then its row: 201.
 
-    The file's advisory lock is held from the store's write to the row's commit, so the
-    sweeper, which deletes a file no row names under the same lock, never deletes this one.
+    The file is written before the transaction, so no database connection waits on the store,
+    and always written, even when the same bytes are stored already (the answer takes as long
+    whether or not someone, of any tenant, holds the same file). The transaction then takes the
+    file's advisory lock, which the sweeper holds to delete a file no row names: if it deleted
+    this one in between (another tenant's old upload of the same bytes was swept), it is
+    written again under the lock, and the row commits before the sweeper can look again.
     """
     sha256 = upload.received.sha256
+    await store.put(sha256, chunks(upload.received.file, CHUNK_BYTES))
     async with session.begin():
         if idempotency is not None and (stored := await idempotency.replay(session)):
             return stored
         await lock_file(session, sha256)
-        if not await store.exists(sha256):
+        if not await store.exists(sha256):  # swept between the write and the lock
             await store.put(sha256, chunks(upload.received.file, CHUNK_BYTES))
         row = await session.scalar(
             insert(ChatAttachment)
