@@ -172,6 +172,7 @@ def _servers(database_url: str) -> dict[str, tuple[Service, str]]:
         "RELAYBOX_DATABASE__URL": database_url,
         "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,
         "RELAYBOX_META__WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "RELAYBOX_PUSH__WEBHOOK_SECRET": WEBHOOK_SECRET,
         "RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE": "1000000000",
         "RELAYBOX_DEV_MODE": "false",
     }

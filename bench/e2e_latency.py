@@ -171,6 +171,7 @@ def services(database_url: str, tag: str, smtp_port: int) -> tuple[list[Service]
             "RELAYBOX_API__PORT": str(api_port),
             "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,
             "RELAYBOX_META__WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "RELAYBOX_PUSH__WEBHOOK_SECRET": WEBHOOK_SECRET,
             "RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE": "1000000000",
         },
         ready_url=f"{api_url}/ready",

@@ -419,6 +419,7 @@ def _servers(database_url: str) -> dict[str, tuple[Service, str]]:
         "RELAYBOX_DATABASE__URL": database_url,
         "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,
         "RELAYBOX_META__WEBHOOK_SECRET": SECRET,
+        "RELAYBOX_PUSH__WEBHOOK_SECRET": SECRET,
         "RELAYBOX_META__ALLOW_UNSIGNED": "false",
         "RELAYBOX_DEV_MODE": "false",
     }

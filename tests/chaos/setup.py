@@ -106,6 +106,7 @@ def api_env(setup: Setup) -> dict[str, str]:
         RELAYBOX_API__PORT=str(setup.ports.api),
         RELAYBOX_AUTH__JWT_SECRET=setup.keys.jwt_secret,
         RELAYBOX_META__WEBHOOK_SECRET=setup.keys.webhook_secret,
+        RELAYBOX_PUSH__WEBHOOK_SECRET=setup.keys.webhook_secret,
         RELAYBOX_RATE_LIMIT__SEND_PER_MINUTE="1000000",
         RELAYBOX_MAILINGS__PROVIDER_RATE_PER_SECOND=str(setup.plan.email_api_rate),
     )

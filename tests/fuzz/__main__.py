@@ -65,6 +65,7 @@ def api_env(database_url: str, port: int) -> dict[str, str]:
             "RELAYBOX_API__PORT": str(port),
             "RELAYBOX_AUTH__JWT_SECRET": JWT_SECRET,
             "RELAYBOX_META__WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "RELAYBOX_PUSH__WEBHOOK_SECRET": WEBHOOK_SECRET,
             "RELAYBOX_LOG__LEVEL": "WARNING",
             # The fuzzer sends thousands of requests: keep the per-client limit out of its way
             # (its 429 is declared; tests/integration/platform/test_ratelimit.py covers it).

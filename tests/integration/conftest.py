@@ -9,7 +9,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.auth import USER_SCOPES, issue_token
-from relaybox.api.settings import ApiSettings, AuthSettings, MetaGatewaySettings
+from relaybox.api.settings import (
+    ApiSettings,
+    AuthSettings,
+    MetaGatewaySettings,
+    PushReceiptSettings,
+)
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.mock_meta.settings import SmtpSinkSettings
@@ -45,6 +50,7 @@ def api_settings(db_settings: DatabaseSettings, broker_settings: BrokerSettings)
         auth=AuthSettings(jwt_secret=SECRET),
         # The gateway's account belongs to the tests' client (their token's subject).
         meta=MetaGatewaySettings(webhook_secret=WEBHOOK_SECRET, tenant="test-client"),
+        push=PushReceiptSettings(webhook_secret=WEBHOOK_SECRET),
         # The tests post events with fixed timestamps (2025, 2026): remember events long enough
         # for those to count as new (gateway/test_webhooks.py tests the default's expiry).
         webhook_event_retention_h=EVENTS_KEPT_H,

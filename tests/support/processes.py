@@ -8,17 +8,21 @@ import ctypes
 import json
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from relaybox.common.faults import CRASH_EXIT_CODE
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
+from tests.support.serving import free_port, wait_http
 
 __all__ = [
     "CRASH_EXIT_CODE",
     "cpu_seconds",
     "die_with_parent",
+    "mock_meta_process",
     "service_env",
     "start_service",
     "wait_exit",
@@ -75,3 +79,23 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@contextlib.contextmanager
+def mock_meta_process(
+    db: DatabaseSettings, broker: BrokerSettings, **overrides: Any
+) -> Iterator[str]:
+    """`python -m relaybox.mock_meta` on free ports (HTTP and its SMTP sink) with `overrides`
+    as settings (`meta__webhook_secret=...`); yields its URL, terminates it at the end."""
+    port = free_port()
+    env = service_env(db, broker, mock_meta__port=port, smtp_sink__port=free_port(), **overrides)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relaybox.mock_meta"], env=env, stdin=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_http(f"{url}/health"))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -28,7 +28,13 @@ from relaybox.api.errors import ApiError, http_problem
 from relaybox.api.idempotency import lock_key, request_hash, validate_key
 from relaybox.api.middleware import edge_middleware
 from relaybox.api.pagination import decode_cursor, encode_cursor
-from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings, AuthSettings, MetaGatewaySettings
+from relaybox.api.settings import (
+    PLACEHOLDER_SECRET,
+    ApiSettings,
+    AuthSettings,
+    MetaGatewaySettings,
+    PushReceiptSettings,
+)
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -238,6 +244,7 @@ def test_strong_secret_accepted() -> None:
         ApiSettings(
             auth=AuthSettings(jwt_secret="s" * 32),
             meta=MetaGatewaySettings(webhook_secret="a-provider-signing-secret"),
+            push=PushReceiptSettings(webhook_secret="the-push-gateway-signing-secret"),
         )
     )
 

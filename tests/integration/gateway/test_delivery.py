@@ -8,8 +8,6 @@ RabbitMQ → consumer (global rate limiter) → mock-meta `POST /messages` → s
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -32,8 +30,8 @@ from tests.support.pipeline import (
     publisher_settings,
     running_pipeline,
 )
-from tests.support.processes import service_env
-from tests.support.serving import free_port, serve_app, wait_http
+from tests.support.processes import mock_meta_process
+from tests.support.serving import serve_app
 
 DEFAULTS = {
     "failureRate": 0,
@@ -52,25 +50,13 @@ DEFAULTS = {
 @pytest.fixture(scope="module")
 def mock_meta(db_settings_module: DatabaseSettings, broker_module: BrokerSettings) -> Iterator[str]:
     """`python -m relaybox.mock_meta` on free ports, for this module."""
-    port, smtp_port = free_port(), free_port()
-    env = service_env(
+    with mock_meta_process(
         db_settings_module,
         broker_module,
-        mock_meta__port=port,
-        smtp_sink__port=smtp_port,
         meta__webhook_backoff_s=0.05,
         meta__webhook_secret=WEBHOOK_SECRET,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relaybox.mock_meta"], env=env, stdin=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        asyncio.run(wait_http(f"{url}/health"))
+    ) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from relaybox.api.settings import (
     ApiSettings,
     AuthSettings,
     MetaGatewaySettings,
+    PushReceiptSettings,
 )
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
 from tests.integration.conftest import SECRET
@@ -267,3 +268,7 @@ def test_the_dev_webhook_secret_is_refused_outside_dev_mode(api_settings: ApiSet
     with pytest.raises(InsecureSecretError, match="RELAYBOX_META__WEBHOOK_SECRET"):
         check_secret(dev_hook)
     check_secret(dev_hook.model_copy(update={"dev_mode": True}))
+    dev_push = api_settings.model_copy(update={"push": PushReceiptSettings()})
+    with pytest.raises(InsecureSecretError, match="RELAYBOX_PUSH__WEBHOOK_SECRET"):
+        check_secret(dev_push)
+    check_secret(dev_push.model_copy(update={"dev_mode": True}))

@@ -32,6 +32,7 @@ from relaybox.api.openapi import ContractPlugin, RequestModelSchemaPlugin
 from relaybox.api.ratelimit import FixedWindowLimiter
 from relaybox.api.settings import ApiSettings
 from relaybox.api.webhooks.controller import MetaWebhookController
+from relaybox.api.webhooks.push import PushWebhookController
 from relaybox.api.webhooks.service import WebhookIntake
 from relaybox.common.db.session import create_engine, dispose, session_factory
 from relaybox.common.observability.tracing import configure_tracing
@@ -91,6 +92,7 @@ def create_app(
             ConversationController,
             MessageController,
             MetaWebhookController,
+            PushWebhookController,
             mailings_router(settings),
             chat_router(),
         ],

@@ -94,11 +94,15 @@ def check_secret(settings: ApiSettings) -> None:
         raise InsecureSecretError(
             f"RELAYBOX_AUTH__JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
         )
-    if settings.meta.webhook_secret == DEV_WEBHOOK_SECRET:
-        raise InsecureSecretError(
-            "RELAYBOX_META__WEBHOOK_SECRET is the development default; set the provider's "
-            "signing secret or RELAYBOX_DEV_MODE=true"
-        )
+    for name, webhook_secret in (
+        ("RELAYBOX_META__WEBHOOK_SECRET", settings.meta.webhook_secret),
+        ("RELAYBOX_PUSH__WEBHOOK_SECRET", settings.push.webhook_secret),
+    ):
+        if webhook_secret == DEV_WEBHOOK_SECRET:
+            raise InsecureSecretError(
+                f"{name} is the development default; set the provider's signing secret or "
+                "RELAYBOX_DEV_MODE=true"
+            )
 
 
 def client_retriever(

@@ -88,6 +88,16 @@ class MetaGatewaySettings(BaseModel):
         return self
 
 
+class PushReceiptSettings(BaseModel):
+    """The push gateway's delivery receipts (`/webhooks/push`)."""
+
+    webhook_secret: str = Field(
+        default=DEV_WEBHOOK_SECRET,
+        min_length=1,
+        description="HMAC-SHA256 key of the receipts' X-Hub-Signature-256 (always required)",
+    )
+
+
 MIB = 1024 * 1024
 DEFAULT_MAILING_SUBJECT = "Complete your registration"
 DEFAULT_MAILING_BODY = "Thank you for signing up. Please verify your token {token} to continue."
@@ -133,6 +143,7 @@ class ApiSettings(ServiceSettings, WebhookRetention):
         default=MIB, ge=1024, description="largest request body outside uploads (413 beyond)"
     )
     meta: MetaGatewaySettings = MetaGatewaySettings()
+    push: PushReceiptSettings = PushReceiptSettings()
     mailings: MailingSettings = MailingSettings()
     chat: ChatSettings = ChatSettings()
 

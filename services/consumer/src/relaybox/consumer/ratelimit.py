@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter, Histogram
@@ -223,39 +223,55 @@ class RateLimiter:
         """A slot of this process's own that is still ahead (one a caller released), else the
         next free one, booked; waits while that one lies beyond the horizon. Raises
         `LimiterClosedError` once the limiter is closed."""
+        return (await self._booked(1, spare=True))[0]
+
+    async def reserve_many(self, count: int) -> list[Slot]:
+        """`count` consecutive slots, booked with one statement (a fan-out books a block where
+        a single send books one slot): the first is taken with `wait`, which checks for a pause,
+        the others with `take`. Waits while the block lies beyond the horizon; raises
+        `LimiterClosedError` once the limiter is closed."""
+        return await self._booked(count, spare=False)
+
+    async def _booked(self, count: int, *, spare: bool) -> list[Slot]:
         if self._clock.learned_at == -math.inf:
             await self.calibrate()
         while True:
             if self.closed:
                 raise LimiterClosedError(f"rate limiter {self.key!r} is closed")
-            if (spare := self._take_spare()) is not None:
-                return spare
-            slot, next_free = await self._book()
-            if slot is not None:
-                return slot
+            if spare and (released := self._take_spare()) is not None:
+                return [released]
+            slots, next_free = await self._book(count)
+            if slots:
+                return slots
             # Look again when the next free slot comes within the horizon (or the limiter closes).
             reach = self._clock.to_monotonic(next_free) - self.horizon_s - time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), max(0.0, reach) + 0.001)
 
-    async def _book(self) -> tuple[Slot | None, float]:
-        """One booking: the slot, or None and when the next free slot starts (database clock)."""
+    async def _book(self, count: int = 1) -> tuple[list[Slot], float]:
+        """One booking of `count` consecutive slots: the slots, or none and when the next free
+        slot starts (database clock)."""
 
-        async def book(conn: asyncpg.Connection, _repeated: bool) -> tuple[Slot | None, float]:
-            # A repeat after a lost connection may book a second slot: one slot goes unused.
+        async def book(conn: asyncpg.Connection, _repeated: bool) -> tuple[list[Slot], float]:
+            # A repeat after a lost connection may book a second block: it goes unused.
             sent = time.monotonic()
             interval = self._booking_interval(sent)
-            row = await conn.fetchrow(_BOOK, self.key, interval, min(self.horizon_s, MAX_HORIZON_S))
+            horizon = min(self.horizon_s, MAX_HORIZON_S)
+            row = await conn.fetchrow(_BOOK, self.key, interval * count, horizon)
             if row is None:  # beyond the horizon, or the key has no row yet
                 sent = time.monotonic()
                 row = await conn.fetchrow(_NEXT, self.key)
                 if row is not None:
                     self._clock.observe(row["now"], sent, time.monotonic())
-                return None, row["slot"] if row is not None else -math.inf
+                return [], row["slot"] if row is not None else -math.inf
             self._clock.observe(row["now"], sent, time.monotonic())
-            slot = Slot(self._clock.to_monotonic(row["slot"]), row["starts"], row["ends"])
-            self._held.add(slot)
-            return slot, row["slot"]
+            at, starts = self._clock.to_monotonic(row["slot"]), row["starts"]
+            step = timedelta(seconds=interval)
+            # Each slot is named by its bounds; the last one's end is the key's new `tat` exactly.
+            bounds = [starts + i * step for i in range(count)] + [row["ends"]]
+            slots = [Slot(at + i * interval, bounds[i], bounds[i + 1]) for i in range(count)]
+            self._held.update(slots)
+            return slots, row["slot"]
 
         return await run_on_driver(self.engine, book)
 
@@ -346,6 +362,18 @@ class RateLimiter:
         waited = time.monotonic() - started
         WAIT.labels(self.key).observe(waited)
         return waited
+
+    async def take(self, slot: Slot) -> None:
+        """Sleep until `slot`, one of a block after the first, and take it (the block's first
+        slot checked for a pause; a block spans a fraction of a second). Raises
+        `LimiterClosedError` if the limiter closes meanwhile (the slot went back with `close`);
+        interrupted, it releases the slot."""
+        try:
+            await self._sleep(slot.wait_s)
+        except BaseException:
+            self.release(slot)
+            raise
+        self._held.discard(slot)
 
     async def acquire(self) -> float:
         """Reserve a slot and wait for it; returns the seconds waited."""

@@ -17,6 +17,7 @@ from relaybox.common.chat.storage import open_store
 from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
+from relaybox.consumer.chat.handler import PUSH_LIMIT_KEY, ChatDeliverHandler
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.mailings.dispatcher import Dispatcher
@@ -24,6 +25,7 @@ from relaybox.consumer.mailings.handler import MailingParseHandler
 from relaybox.consumer.providers.base import EmailProvider
 from relaybox.consumer.providers.email_api import EmailApiProvider
 from relaybox.consumer.providers.meta import MetaProvider
+from relaybox.consumer.providers.push import PushProvider
 from relaybox.consumer.providers.smtp import SmtpProvider
 from relaybox.consumer.ratelimit import RateLimiter
 from relaybox.consumer.settings import ConsumerSettings
@@ -76,6 +78,12 @@ def meta_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimiter
     return RateLimiter(engine, META_LIMIT_KEY, rate, horizon_s=booking_horizon(settings))
 
 
+def push_limiter(settings: ConsumerSettings, engine: AsyncEngine) -> RateLimiter:
+    """The global limiter of the push gateway."""
+    rate = settings.push.rate_per_second
+    return RateLimiter(engine, PUSH_LIMIT_KEY, rate, horizon_s=booking_horizon(settings))
+
+
 @dataclass
 class Consumer:
     """Everything one consumer replica runs: the worker, its providers, sweeper and dispatcher."""
@@ -104,7 +112,11 @@ def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = Non
     email_handler = EmailHandler(engine, topology, settings, email, email_limiter(settings, engine))
     meta_handler = MetaHandler(engine, topology, settings, meta, meta_limiter(settings, engine))
     parse_handler = MailingParseHandler(engine, settings, settings.mailings)
-    handlers: list[Handler] = [email_handler, meta_handler, parse_handler]
+    push = PushProvider(settings.push)
+    chat_handler = ChatDeliverHandler(
+        engine, topology, settings, push, push_limiter(settings, engine)
+    )
+    handlers: list[Handler] = [email_handler, meta_handler, parse_handler, chat_handler]
     sweeper = Sweeper(
         engine,
         [SweptRoute(h.table, h.route) for h in (email_handler, meta_handler)],
@@ -117,7 +129,11 @@ def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = Non
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))
     return Consumer(
-        Worker(settings, engine, topology, handlers), email, [email, meta], sweeper, dispatcher
+        Worker(settings, engine, topology, handlers),
+        email,
+        [email, meta, push],
+        sweeper,
+        dispatcher,
     )
 
 

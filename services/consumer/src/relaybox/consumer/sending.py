@@ -46,7 +46,70 @@ def carried_headers(headers: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in headers.items() if k in CARRIED_HEADERS}
 
 
-class SendingHandler(ABC):
+class DatabaseWork:
+    """A handler's way to the database: transactions and single statements that ride out a
+    database restart (`RELAYBOX_DB_RETRY_S`), and recording that outlasts any outage."""
+
+    route: str
+
+    def __init__(self, engine: AsyncEngine, settings: ConsumerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._db_retry = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_DB),
+            stop=stop_after_delay(settings.db_retry_s),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            reraise=True,
+        )
+
+    async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
+
+        async def attempt() -> T:
+            # Not pre-pinged: a lost connection fails this attempt and the retry runs on a
+            # fresh one (what rides out a restart anyway).
+            async with connection(self.engine, pre_ping=False) as conn, conn.begin():
+                return await work(conn)
+
+        return await self._db(attempt)
+
+    async def in_statement(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work`, a single statement, on a bare driver connection in autocommit (no BEGIN
+        and COMMIT round trips, no SQLAlchemy statement handling), retrying through a database
+        restart like `in_tx`. `work` must be safe to repeat after a lost connection."""
+        return await self._db(lambda: run_on_driver(self.engine, lambda conn, _: work(conn)))
+
+    async def _db(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        # Most calls take one attempt, without building a retry policy.
+        try:
+            return await attempt()
+        except TRANSIENT_DB:
+            pass
+        async for retry in self._db_retry.copy():
+            with retry:
+                return await attempt()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def through_outages(self, record: Callable[[], Awaitable[object]], what: str) -> bool:
+        """Run `record` (an accepted send's recording) until the database answers, however
+        long it is away; False, logged, if it refuses the statement."""
+        while True:
+            try:
+                await record()
+            except Exception as exc:
+                if not database_outage(exc):
+                    log.exception("recording failed", extra={"route": self.route, "what": what})
+                    return False
+                log.warning(
+                    "database unavailable; still recording an accepted send",
+                    extra={"route": self.route, "what": what},
+                )
+                await asyncio.sleep(RECORD_RETRY_S)
+            else:
+                return True
+
+
+class SendingHandler(DatabaseWork, ABC):
     """Handles one routing key whose messages carry the id of a row in `table`."""
 
     route: str
@@ -60,16 +123,9 @@ class SendingHandler(ABC):
         settings: ConsumerSettings,
         limiter: RateLimiter | None = None,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, settings)
         self.topology = topology
-        self.settings = settings
         self.limiter = limiter
-        self._db_retry = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_DB),
-            stop=stop_after_delay(settings.db_retry_s),
-            wait=wait_exponential(multiplier=0.1, max=5),
-            reraise=True,
-        )
         # Recording SENT is one statement unless the handler adds work to it (`after_sent`).
         self._sent_in_one_statement = type(self).after_sent is SendingHandler.after_sent
 
@@ -79,7 +135,7 @@ class SendingHandler(ABC):
         only there); return the provider's id (None if it gave none). Returns normally exactly
         when the provider accepted the send."""
 
-    async def prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
+    async def prepare(self) -> None:  # an optional hook, empty by default
         """Whatever must happen before a send can start at once (authenticating, ...): done
         before a rate-limit slot is booked, so that it never delays the request past its slot."""
 
@@ -95,7 +151,7 @@ class SendingHandler(ABC):
         except (KeyError, TypeError):
             raise PoisonMessageError("message has no 'id'") from None
 
-    async def after_sent(  # noqa: B027 - an optional hook, empty by default
+    async def after_sent(  # an optional hook, empty by default
         self, conn: AsyncConnection, row_id: Any, provider_id: str | None
     ) -> None:
         """Extra work in the transaction that records SENT (none by default)."""
@@ -230,50 +286,11 @@ class SendingHandler(ABC):
 
     async def _mark_sent_through_outages(self, row_id: Any, provider_id: str | None) -> bool:
         """SENT, tried until the database answers; False if it refuses the statement."""
-        while True:
-            try:
-                await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
-            except Exception as exc:
-                if not database_outage(exc):
-                    log.exception(
-                        "recording SENT failed", extra={"route": self.route, "id": str(row_id)}
-                    )
-                    return False
-                log.warning(
-                    "database unavailable; still recording an accepted send",
-                    extra={"route": self.route, "id": str(row_id)},
-                )
-                await asyncio.sleep(RECORD_RETRY_S)
-            else:
-                return True
 
-    async def in_tx(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `work` in one transaction, retrying through a database restart (db_retry_s)."""
+        async def mark() -> bool:
+            return await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
 
-        async def attempt() -> T:
-            # Not pre-pinged: a lost connection fails this attempt and the retry runs on a
-            # fresh one (what rides out a restart anyway).
-            async with connection(self.engine, pre_ping=False) as conn, conn.begin():
-                return await work(conn)
-
-        return await self._db(attempt)
-
-    async def in_statement(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work`, a single statement, on a bare driver connection in autocommit (no BEGIN
-        and COMMIT round trips, no SQLAlchemy statement handling), retrying through a database
-        restart like `in_tx`. `work` must be safe to repeat after a lost connection."""
-        return await self._db(lambda: run_on_driver(self.engine, lambda conn, _: work(conn)))
-
-    async def _db(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        # Most calls take one attempt, without building a retry policy.
-        try:
-            return await attempt()
-        except TRANSIENT_DB:
-            pass
-        async for retry in self._db_retry.copy():
-            with retry:
-                return await attempt()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.through_outages(mark, f"the send of {self.table.table} row {row_id}")
 
     def _observe(self, started: float, result: str) -> None:
         metrics.SEND_LATENCY.labels(self.provider_name).observe(time.perf_counter() - started)

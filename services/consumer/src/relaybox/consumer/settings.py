@@ -16,6 +16,7 @@ from relaybox.common.settings import (
 from relaybox.consumer.mailings.ingest import MailingParseSettings
 from relaybox.consumer.providers.email_api import EmailApiSettings
 from relaybox.consumer.providers.meta import MetaProviderSettings
+from relaybox.consumer.providers.push import PushSettings
 from relaybox.consumer.providers.smtp import SmtpSettings
 
 
@@ -33,6 +34,7 @@ class ConsumerSettings(ServiceSettings, WebhookRetention):
     smtp: SmtpSettings = SmtpSettings()
     email_api: EmailApiSettings = EmailApiSettings()
     meta: MetaProviderSettings = MetaProviderSettings()
+    push: PushSettings = PushSettings()
     sweep_interval_s: float = Field(default=30.0, gt=0, description="0 < how often to sweep")
     dispatch_interval_s: float = Field(default=0.5, gt=0, description="mailing dispatch rounds")
     mailing_ahead_s: float = Field(

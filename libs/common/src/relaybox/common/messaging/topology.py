@@ -16,7 +16,7 @@ EMAIL_SEND = "email.send"
 META_SEND = "meta.send"
 MAILING_PARSE = "mailing.parse"
 CHAT_DELIVER = "chat.deliver"  # push a batch of a chat message's copies to devices
-ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND, MAILING_PARSE)
+ROUTES: tuple[str, ...] = (EMAIL_SEND, META_SEND, MAILING_PARSE, CHAT_DELIVER)
 
 
 async def message_count(channel: AbstractChannel, queue: str) -> int:

@@ -128,7 +128,7 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-def _invalid(exc: ValidationError) -> ApiError:
+def invalid_body(exc: ValidationError) -> ApiError:
     """A 400 naming every field at fault, shaped like the API's other validation problems."""
     errors = [
         {
@@ -141,14 +141,20 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(detail, field=errors[0]["field"], errors=errors)
 
 
-def parse_event(body: bytes) -> tuple[WebhookEvent, dict[str, Any]]:
-    """The validated event and the JSON object to store; an ApiError (400) naming the field."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """The raw body as a JSON object; an ApiError (400) when it is not one."""
     try:
         payload = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(f"the request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(payload, dict):
         raise ApiError("the request body must be a JSON object", field="body")
+    return payload
+
+
+def parse_event(body: bytes) -> tuple[WebhookEvent, dict[str, Any]]:
+    """The validated event and the JSON object to store; an ApiError (400) naming the field."""
+    payload = json_object(body)
     kind = payload.get("type", "message")
     model = _MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -156,5 +162,5 @@ def parse_event(body: bytes) -> tuple[WebhookEvent, dict[str, Any]]:
     try:
         event = model.model_validate(payload)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_body(exc) from None
     return event, _without_nul(payload)

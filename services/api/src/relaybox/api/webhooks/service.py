@@ -63,6 +63,11 @@ def check_signature(settings: MetaGatewaySettings, body: bytes, header: str | No
     secret = settings.webhook_secret
     if secret is None or (header is None and settings.allow_unsigned):
         return
+    require_signature(secret, body, header)
+
+
+def require_signature(secret: str, body: bytes, header: str | None) -> None:
+    """A 401 unless `header` signs the raw `body` with `secret`."""
     if header is None:
         raise InvalidSignatureError(
             f"{SIGNATURE_HEADER} is required: sha256=<hex HMAC-SHA256 of the raw body>",

@@ -1,0 +1,1 @@
+"""Chat delivery: pushing a batch of a message's recipient copies to their devices."""
