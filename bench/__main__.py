@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import (
     api_accept,
+    chat_fanout,
     chat_history,
     chat_inbox,
     e2e_latency,
@@ -34,6 +35,7 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "mailing_ingest": lambda quick: mailing_ingest.run(quick=quick),
     "chat_history": lambda quick: chat_history.run(quick=quick),
     "chat_inbox": lambda quick: chat_inbox.run(quick=quick),
+    "chat_fanout": lambda quick: chat_fanout.run(quick=quick),
 }
 
 

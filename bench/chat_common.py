@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import random
 import time
@@ -410,6 +411,8 @@ async def _compare(
     meter = CpuMeter({"api": api.pid}, database=make_url(database_url).database)
     window = {"warmup_s": pace.warmup_s, "seconds": pace.seconds}
     try:
+        for case in cases:
+            await _same_rows(client, raw, case)
         for round_no in range(pace.rounds):
             for case in cases:
                 for side in ("api", "raw") if round_no % 2 == 0 else ("raw", "api"):
@@ -427,6 +430,18 @@ async def _compare(
         await raw.close()
         await client.close()
     return compared
+
+
+async def _same_rows(client: RawConnection, raw: asyncpg.Connection, case: Case) -> None:
+    """The API's page lists the rows the baseline's SQL returns (by id, in order): the two
+    sides measure the same work."""
+    status, body = await client.get(case.path)
+    if status != 200:
+        raise BenchError(f"GET {case.path} answered {status}: {body[:300]!r}")
+    shown = [str(item["id"]) for item in json.loads(body)["data"]]
+    found = [str(row[0]) for row in await raw.fetch(case.sql, *case.args)]
+    if shown != found[: len(shown)] or len(found) - len(shown) > 1:  # the SQL reads one more
+        raise BenchError(f"{case.name}: the API listed {shown[:3]}…, the SQL {found[:3]}…")
 
 
 def with_plans(result: Result, compared: Compared, explain_all: bool) -> Result:

@@ -153,8 +153,9 @@ async def seed(dsn: str, n: int) -> Seeded:
 
 def page_stmt(conversation_id: uuid.UUID, q: str | None) -> Any:
     """The page statement `relaybox.api.chat.history.page` builds for alice."""
-    stmt = select(ChatMessage).where(visible_message(TENANT, READER))
-    stmt = stmt.where(ChatMessage.conversation_id == conversation_id)
+    stmt = select(ChatMessage).where(
+        ChatMessage.conversation_id == conversation_id, visible_message(TENANT, READER)
+    )
     stmt = stmt.order_by(ChatMessage.seq.desc())
     if q is not None:
         stmt = stmt.where(ChatMessage.search.op("@@")(func.websearch_to_tsquery("simple", q)))
