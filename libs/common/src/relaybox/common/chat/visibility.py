@@ -19,8 +19,11 @@ from sqlalchemy import ColumnElement, and_, exists, or_
 
 from relaybox.common.db.models import ChatConversation, ChatMember, ChatMessage
 
+Who = str | ColumnElement[str]
+"""A tenant or user: a value, or a bind parameter of a statement built once and reused."""
 
-def visible_message(tenant: str, user: str, message: Any = ChatMessage) -> ColumnElement[bool]:
+
+def visible_message(tenant: Who, user: Who, message: Any = ChatMessage) -> ColumnElement[bool]:
     """The SQL condition "`user` of `tenant` may see this message row" (`message` is
     `ChatMessage` or an alias of it)."""
     member_saw_it = (

@@ -25,7 +25,7 @@ from relaybox.api.chat.schemas import (
     CreateConversationRequest,
     MemberView,
 )
-from relaybox.api.chat.views import conversation_views, conversations_query
+from relaybox.api.chat.views import conversation_views, conversations_query, reader
 from relaybox.api.fields import SINGLE_LINE
 from relaybox.api.openapi import problems
 from relaybox.api.pagination import decode_cursor, encode_cursor
@@ -58,8 +58,7 @@ async def _listed(
     stmt = stmt.order_by(
         ChatConversation.last_activity_at.desc(), ChatConversation.id.desc()
     ).limit(limit + 1)
-    async with session.begin():
-        views = await conversation_views(session, stmt)
+    views = await conversation_views(await reader(session), stmt)
     if len(views) <= limit:
         return ConversationPage(data=views, next_cursor=None)
     views = views[:limit]

@@ -4,57 +4,128 @@ rule (`relaybox.common.chat.visibility.visible_message`)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
+from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    ARRAY,
+    UUID,
+    Integer,
+    Row,
+    Select,
+    String,
+    Update,
+    bindparam,
+    cast,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from relaybox.api.auth import Client
 from relaybox.api.chat.access import seat
 from relaybox.api.chat.schemas import MessagePage, MessageView, SearchPage
-from relaybox.api.chat.views import message_views
+from relaybox.api.chat.views import message_columns, message_views, reader
 from relaybox.api.errors import NotFoundError
 from relaybox.api.pagination import decode_cursor, encode_cursor
 from relaybox.common.chat.delivery import RecipientStatus, may_become
-from relaybox.common.chat.visibility import visible_message
+from relaybox.common.chat.visibility import Who, visible_message
 from relaybox.common.db.models import ChatMessage, ChatRecipient
 
 SEARCH_CONFIG = "simple"  # language-neutral: words as written, lower-cased
 
 
-async def mark_fetched(session: AsyncSession, client: Client, ids: list[uuid.UUID]) -> None:
-    """The caller's client has these messages: their copies are DELIVERED (forward only)."""
-    if ids:
-        await session.execute(
-            update(ChatRecipient)
-            .where(
-                ChatRecipient.message_id.in_(ids),
-                ChatRecipient.user_id == client.id,
-                may_become(ChatRecipient.status, RecipientStatus.DELIVERED),
-            )
-            .values(
-                status=RecipientStatus.DELIVERED.value,
-                delivered_at=func.coalesce(ChatRecipient.delivered_at, func.now()),
-            )
+TENANT = bindparam("tenant", type_=String)
+USER = bindparam("user", type_=String)
+LIMIT = bindparam("limit", type_=Integer)  # the page's size plus one (is there more?)
+
+
+def _marking(user: Who, ids: Any) -> Update:
+    """`user`'s client has the messages whose ids the array `ids` holds: their copies become
+    DELIVERED (forward only)."""
+    return (
+        update(ChatRecipient)
+        .where(
+            ChatRecipient.message_id == func.any(ids),
+            ChatRecipient.user_id == user,
+            may_become(ChatRecipient.status, RecipientStatus.DELIVERED),
         )
+        .values(
+            status=RecipientStatus.DELIVERED.value,
+            delivered_at=func.coalesce(ChatRecipient.delivered_at, func.now()),
+        )
+    )
 
 
-def _matching(stmt: Select[ChatMessage], q: str | None) -> Select[ChatMessage]:
-    """`stmt` limited to messages matching the search `q` (web-search syntax), if given."""
-    if q is None:
-        return stmt
-    return stmt.where(ChatMessage.search.op("@@")(func.websearch_to_tsquery(SEARCH_CONFIG, q)))
+def _fetching(stmt: Select[Any], *order: str) -> Select[Any]:
+    """`stmt` (`message_columns`, ordered) as a page of `LIMIT` rows ordered by the columns
+    `order` names, which also marks the caller's copies in it DELIVERED: one statement (a
+    data-modifying CTE), so one round trip, autocommitted."""
+    found = stmt.limit(LIMIT).cte("found")
+    # `= ANY(array)` of the page's ids: the planner probes the copies' primary key per id
+    # (an `IN (SELECT …)` semi-join read every copy of the user's instead).
+    ids = cast(select(func.array_agg(found.c.id)).scalar_subquery(), ARRAY(UUID))
+    marked = _marking(USER, ids).cte("marked")
+    ordering = [found.c[name].desc() for name in order]
+    return select(found).order_by(*ordering).add_cte(marked)
+
+
+def _matching(stmt: Select[Any]) -> Select[Any]:
+    """`stmt` limited to messages matching the search `q` (web-search syntax)."""
+    query = func.websearch_to_tsquery(SEARCH_CONFIG, bindparam("q", type_=String))
+    return stmt.where(ChatMessage.search.op("@@")(query))
+
+
+# The read statements are built once per shape and reused: building and hashing a statement
+# costs more CPU than running it (the parameters travel as bind values; none is named after a
+# chat_recipients column, or the UPDATE of `_fetching` would take it as a value to SET).
+
+
+@functools.cache
+def _page_statement(before: bool, after: bool, search: bool) -> Select[Any]:
+    stmt = select(*message_columns()).where(
+        ChatMessage.conversation_id == bindparam("conversation"),
+        visible_message(TENANT, USER),
+    )
+    if before:
+        stmt = stmt.where(ChatMessage.seq < bindparam("before"))
+    if after:
+        stmt = stmt.where(ChatMessage.seq > bindparam("after"))
+    if search:
+        stmt = _matching(stmt)
+    return _fetching(stmt.order_by(ChatMessage.seq.desc()), "seq")
+
+
+@functools.cache
+def _search_statement(cursor: bool) -> Select[Any]:
+    stmt = select(*message_columns()).where(visible_message(TENANT, USER))
+    if cursor:
+        key = tuple_(ChatMessage.created_at, ChatMessage.id)
+        stmt = stmt.where(key < tuple_(bindparam("after_at"), bindparam("after_id")))
+    stmt = _matching(stmt.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc()))
+    return _fetching(stmt, "created_at", "id")
+
+
+@functools.cache
+def _one_statement() -> Select[Any]:
+    stmt = select(*message_columns()).where(
+        ChatMessage.id == bindparam("message"), visible_message(TENANT, USER)
+    )
+    return _fetching(stmt, "seq")
 
 
 async def _fetched(
-    session: AsyncSession, client: Client, stmt: Select[ChatMessage], limit: int
-) -> tuple[list[ChatMessage], list[MessageView], bool]:
-    """Up to `limit` rows of `stmt`, their views, and whether more follow; marks them fetched."""
-    rows = list((await session.scalars(stmt.limit(limit + 1))).all())
+    conn: AsyncConnection, client: Client, stmt: Select[Any], limit: int, **values: Any
+) -> tuple[list[Row[Any]], list[MessageView], bool]:
+    """Up to `limit` rows of the page statement `stmt`, their views, and whether more follow."""
+    params = {"tenant": client.tenant, "user": client.id, "limit": limit + 1, **values}
+    rows = list((await conn.execute(stmt, params)).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    await mark_fetched(session, client, [row.id for row in rows])
-    return rows, await message_views(session, rows), more
+    return rows, await message_views(conn, rows), more
 
 
 async def page(
@@ -67,19 +138,16 @@ async def page(
     after: int | None,
     limit: int,
 ) -> MessagePage:
-    """A conversation's messages the caller may see, newest first (keyset on the sequence)."""
-    async with session.begin():
+    """A conversation's messages the caller may see, newest first (keyset on the sequence).
+
+    An empty page asks whether the caller may see the conversation at all (else 404); a page
+    with rows needs no such check: the history rule let them through."""
+    stmt = _page_statement(before is not None, after is not None, q is not None)
+    values = {"conversation": conversation_id, "before": before, "after": after, "q": q}
+    given = {name: value for name, value in values.items() if value is not None}
+    rows, views, more = await _fetched(await reader(session), client, stmt, limit, **given)
+    if not rows:
         await seat(session, client, conversation_id)  # 404 unless they may see it
-        stmt = select(ChatMessage).where(
-            ChatMessage.conversation_id == conversation_id,
-            visible_message(client.tenant, client.id),
-        )
-        if before is not None:
-            stmt = stmt.where(ChatMessage.seq < before)
-        if after is not None:
-            stmt = stmt.where(ChatMessage.seq > after)
-        stmt = _matching(stmt.order_by(ChatMessage.seq.desc()), q)
-        rows, views, more = await _fetched(session, client, stmt, limit)
     return MessagePage(data=views, next_before=rows[-1].seq if more else None)
 
 
@@ -87,13 +155,11 @@ async def search(
     session: AsyncSession, client: Client, *, q: str, cursor: str | None, limit: int
 ) -> SearchPage:
     """Matches in every conversation the caller may see, newest first (keyset on time, id)."""
-    stmt = select(ChatMessage).where(visible_message(client.tenant, client.id))
+    values: dict[str, Any] = {"q": q}
     if cursor is not None:
-        key = tuple_(ChatMessage.created_at, ChatMessage.id)
-        stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
-    stmt = _matching(stmt.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc()), q)
-    async with session.begin():
-        rows, views, more = await _fetched(session, client, stmt, limit)
+        values["after_at"], values["after_id"] = decode_cursor(cursor)
+    stmt = _search_statement(cursor is not None)
+    rows, views, more = await _fetched(await reader(session), client, stmt, limit, **values)
     if not more:
         return SearchPage(data=views, next_cursor=None)
     last = rows[-1]
@@ -113,8 +179,8 @@ async def visible(session: AsyncSession, client: Client, message_id: uuid.UUID) 
 
 
 async def one(session: AsyncSession, client: Client, message_id: uuid.UUID) -> MessageView:
-    async with session.begin():
-        message = await visible(session, client, message_id)
-        await mark_fetched(session, client, [message.id])
-        (view,) = await message_views(session, [message])
-    return view
+    conn = await reader(session)
+    rows, views, _ = await _fetched(conn, client, _one_statement(), 1, message=message_id)
+    if not rows:
+        raise NotFoundError.of("message", message_id)
+    return views[0]
