@@ -197,7 +197,7 @@ async def seed(dsn: str, conversations: list[Conversation]) -> Seeded:
 def page_stmt(limit: int) -> Any:
     """The statement `ConversationController.mine` builds for alice's first page."""
     client = Client(id=READER, scopes=frozenset(CHAT_SCOPES), tenant=TENANT)
-    stmt = conversations_query(client).where(
+    stmt = conversations_query(client.tenant, client.id).where(
         ChatConversation.id.in_(
             select(ChatMember.conversation_id).where(
                 ChatMember.tenant_id == TENANT,

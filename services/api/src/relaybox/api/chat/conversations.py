@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
-from sqlalchemy import select, tuple_
+from sqlalchemy import Integer, Select, String, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client, requires
@@ -48,17 +49,43 @@ def _member_view(row: ChatMember) -> MemberView:
     )
 
 
+TENANT = bindparam("tenant", type_=String)
+USER = bindparam("user", type_=String)
+
+
+@functools.cache
+def _list_statement(channels: bool, cursor: bool) -> Select[Any]:
+    """The caller's conversations (or the tenant's channels), most recent activity first,
+    `limit` rows after the `cursor` position: built once per shape, run with bind values."""
+    stmt = conversations_query(TENANT, USER)
+    if channels:
+        stmt = stmt.where(ChatConversation.kind == "channel")
+    else:
+        stmt = stmt.where(
+            ChatConversation.id.in_(
+                select(ChatMember.conversation_id).where(
+                    ChatMember.tenant_id == TENANT,
+                    ChatMember.user_id == USER,
+                    ChatMember.left_seq.is_(None),
+                )
+            )
+        )
+    if cursor:
+        key = tuple_(ChatConversation.last_activity_at, ChatConversation.id)
+        stmt = stmt.where(key < tuple_(bindparam("after_at"), bindparam("after_id")))
+    order = (ChatConversation.last_activity_at.desc(), ChatConversation.id.desc())
+    return stmt.order_by(*order).limit(bindparam("limit", type_=Integer))
+
+
 async def _listed(
-    session: AsyncSession, stmt: Any, limit: int, cursor: str | None
+    session: AsyncSession, client: Client, *, channels: bool, limit: int, cursor: str | None
 ) -> ConversationPage:
     """A page of conversations, most recent activity first (keyset on activity time and id)."""
-    key = tuple_(ChatConversation.last_activity_at, ChatConversation.id)
+    params: dict[str, Any] = {"tenant": client.tenant, "user": client.id, "limit": limit + 1}
     if cursor:
-        stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
-    stmt = stmt.order_by(
-        ChatConversation.last_activity_at.desc(), ChatConversation.id.desc()
-    ).limit(limit + 1)
-    views = await conversation_views(await reader(session), stmt)
+        params["after_at"], params["after_id"] = decode_cursor(cursor)
+    stmt = _list_statement(channels, bool(cursor))
+    views = await conversation_views(await reader(session), stmt, params)
     if len(views) <= limit:
         return ConversationPage(data=views, next_cursor=None)
     views = views[:limit]
@@ -74,7 +101,9 @@ async def detail(
         await seat(session, client, conversation_id)  # 404 unless they may see it
         (view,) = await conversation_views(
             session,
-            conversations_query(client).where(ChatConversation.id == conversation_id),
+            conversations_query(client.tenant, client.id).where(
+                ChatConversation.id == conversation_id
+            ),
         )
         members: list[ChatMember] = []
         if view.member_count is not None:  # shown: a member's or a channel's
@@ -134,17 +163,7 @@ class ConversationController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> ConversationPage:
-        client: Client = request.user
-        stmt = conversations_query(client).where(
-            ChatConversation.id.in_(
-                select(ChatMember.conversation_id).where(
-                    ChatMember.tenant_id == client.tenant,
-                    ChatMember.user_id == client.id,
-                    ChatMember.left_seq.is_(None),
-                )
-            )
-        )
-        return await _listed(db_session, stmt, limit, cursor)
+        return await _listed(db_session, request.user, channels=False, limit=limit, cursor=cursor)
 
     @get("/{conversation_id:uuid}", opt=requires("chat:read"), summary="One conversation")
     async def get_one(
@@ -270,5 +289,4 @@ class ChannelController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> ConversationPage:
-        stmt = conversations_query(request.user).where(ChatConversation.kind == "channel")
-        return await _listed(db_session, stmt, limit, cursor)
+        return await _listed(db_session, request.user, channels=True, limit=limit, cursor=cursor)

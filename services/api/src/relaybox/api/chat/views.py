@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -13,13 +12,12 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from relaybox.api.auth import Client
 from relaybox.api.chat.schemas import (
     AttachmentRef,
     ConversationView,
     MessageView,
 )
-from relaybox.common.chat.visibility import visible_message
+from relaybox.common.chat.visibility import Who, visible_message
 from relaybox.common.db.models import (
     ChatAttachment,
     ChatConversation,
@@ -72,14 +70,12 @@ async def reader(session: AsyncSession) -> AsyncConnection:
     return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-async def message_views(
-    db: AsyncSession | AsyncConnection, messages: Sequence[MessageRow]
-) -> list[MessageView]:
-    """The messages with their attachments (one query for all that have any; a row that says
-    `has_attachments` false needs none)."""
-    attached: dict[uuid.UUID, list[AttachmentRef]] = {m.id: [] for m in messages}
-    wanted = [m.id for m in messages if getattr(m, "has_attachments", True)]
-    if wanted:
+async def _attachments(
+    db: AsyncSession | AsyncConnection, message_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[AttachmentRef]]:
+    """The attachments of these messages, in order (one query; none for no ids)."""
+    attached: dict[uuid.UUID, list[AttachmentRef]] = {}
+    if message_ids:
         rows = await db.execute(
             select(
                 ChatMessageAttachment.message_id,
@@ -89,11 +85,11 @@ async def message_views(
                 ChatAttachment.size_bytes,
             )
             .join(ChatAttachment, ChatAttachment.id == ChatMessageAttachment.attachment_id)
-            .where(ChatMessageAttachment.message_id.in_(wanted))
+            .where(ChatMessageAttachment.message_id.in_(message_ids))
             .order_by(ChatMessageAttachment.message_id, ChatMessageAttachment.position)
         )
         for message_id, attachment_id, filename, content_type, size_bytes in rows:
-            attached[message_id].append(
+            attached.setdefault(message_id, []).append(
                 AttachmentRef(
                     id=attachment_id,
                     filename=filename,
@@ -101,6 +97,17 @@ async def message_views(
                     size_bytes=size_bytes,
                 )
             )
+    return attached
+
+
+async def message_views(
+    db: AsyncSession | AsyncConnection, messages: Sequence[MessageRow]
+) -> list[MessageView]:
+    """The messages with their attachments (one query for all that have any; a row that says
+    `has_attachments` false needs none)."""
+    attached = await _attachments(
+        db, [m.id for m in messages if getattr(m, "has_attachments", True)]
+    )
     return [
         MessageView(
             id=m.id,
@@ -108,7 +115,7 @@ async def message_views(
             seq=m.seq,
             sender_id=m.sender_id,
             text=m.text,
-            attachments=attached[m.id],
+            attachments=attached.get(m.id, []),
             created_at=m.created_at,
             client_message_id=m.client_message_id,
         )
@@ -116,7 +123,7 @@ async def message_views(
     ]
 
 
-def _newest_visible_seq(client: Client) -> ColumnElement[Any]:
+def _newest_visible_seq(tenant: Who, user: Who) -> ColumnElement[Any]:
     """The sequence of the newest message of the conversation the caller may see (NULL when
     none): a channel's last, else the end of their latest interval that holds a message. A
     former member's last message is the end of their interval, not the conversation's."""
@@ -127,8 +134,8 @@ def _newest_visible_seq(client: Client) -> ColumnElement[Any]:
         select(func.max(end))
         .where(
             ChatMember.conversation_id == ChatConversation.id,
-            ChatMember.tenant_id == client.tenant,
-            ChatMember.user_id == client.id,
+            ChatMember.tenant_id == tenant,
+            ChatMember.user_id == user,
             end > ChatMember.joined_seq,
         )
         .scalar_subquery()
@@ -136,9 +143,10 @@ def _newest_visible_seq(client: Client) -> ColumnElement[Any]:
     return case((ChatConversation.kind == "channel", ChatConversation.last_seq), else_=in_intervals)
 
 
-def conversations_query(client: Client) -> Select[Any]:
-    """Conversations with the caller's current membership (outer-joined: NULL when they are not
-    a member), their unread count and the last message they may see, as columns."""
+def conversations_query(tenant: Who, user: Who) -> Select[Any]:
+    """Conversations of `tenant` with `user`'s current membership (outer-joined: NULL when they
+    are not a member), their unread count and the last message they may see, as columns (in the
+    order `conversation_views` unpacks them)."""
     me = aliased(ChatMember)
     last = aliased(ChatMessage)
     # Derived, never stored: the sequence is gap-free and only posts advance it, and a post
@@ -170,7 +178,7 @@ def conversations_query(client: Client) -> Select[Any]:
             me,
             and_(
                 me.conversation_id == ChatConversation.id,
-                me.user_id == client.id,
+                me.user_id == user,
                 me.left_seq.is_(None),
             ),
         )
@@ -178,60 +186,56 @@ def conversations_query(client: Client) -> Select[Any]:
             last,
             and_(
                 last.conversation_id == ChatConversation.id,
-                last.seq == _newest_visible_seq(client),
-                visible_message(client.tenant, client.id, last),
+                last.seq == _newest_visible_seq(tenant, user),
+                visible_message(tenant, user, last),
             ),
         )
-        .where(ChatConversation.tenant_id == client.tenant)
+        .where(ChatConversation.tenant_id == tenant)
     )
 
 
-@dataclass(frozen=True)
-class _Last:
-    """A conversation's last message, from its row's `last_*` columns."""
-
-    id: uuid.UUID
-    conversation_id: uuid.UUID
-    seq: int
-    sender_id: str
-    text: str | None
-    created_at: datetime
-    client_message_id: str | None
-    has_attachments: bool
-
-
-_LAST_FIELDS = tuple(f.name for f in fields(_Last))
-
-
 async def conversation_views(
-    db: AsyncSession | AsyncConnection, stmt: Select[Any]
+    db: AsyncSession | AsyncConnection, stmt: Select[Any], params: dict[str, Any] | None = None
 ) -> list[ConversationView]:
-    rows = (await db.execute(stmt)).all()
-    lasts = [
-        _Last(*(getattr(row, f"last_{name}") for name in _LAST_FIELDS))
-        for row in rows
-        if row.last_id is not None
-    ]
-    by_id = {view.id: view for view in await message_views(db, lasts)}
+    """The views of `conversations_query` rows (unpacked by position: a page of 200 rows reads
+    a few thousand values, and a Row's attribute lookup by name costs several times more)."""
+    rows = [tuple(row) for row in (await db.execute(stmt, params or {})).all()]
+    lasts = {row[10]: row[10:] for row in rows if row[10] is not None}
+    attached = await _attachments(db, [m[0] for m in lasts.values() if m[7]])
     views = []
     for row in rows:
-        member = row.role is not None
+        (cid, kind, title, created_by, created_at, active_at, role, read_seq, unread, count) = row[
+            :10
+        ]
+        last = lasts.get(row[10])
+        member = role is not None
         # Who is in a group, and whether it is still active, is for its members (and, in a
         # public channel, anyone); a former member sees only the history they kept.
-        shown = member or row.kind == "channel"
+        shown = member or kind == "channel"
         views.append(
             ConversationView(
-                id=row.id,
-                kind=row.kind,
-                title=row.title,
-                created_by=row.created_by,
-                created_at=row.created_at,
-                last_activity_at=row.last_activity_at if shown else None,
-                role=row.role,
-                unread_count=row.unread if member else 0,
-                read_up_to_seq=row.read_seq if member else None,
-                last_message=by_id.get(row.last_id) if row.last_id is not None else None,
-                member_count=row.member_count if shown else None,
+                id=cid,
+                kind=kind,
+                title=title,
+                created_by=created_by,
+                created_at=created_at,
+                last_activity_at=active_at if shown else None,
+                role=role,
+                unread_count=unread if member else 0,
+                read_up_to_seq=read_seq if member else None,
+                last_message=None
+                if last is None
+                else MessageView(
+                    id=last[0],
+                    conversation_id=last[1],
+                    seq=last[2],
+                    sender_id=last[3],
+                    text=last[4],
+                    attachments=attached.get(last[0], []),
+                    created_at=last[5],
+                    client_message_id=last[6],
+                ),
+                member_count=count if shown else None,
             )
         )
     return views
