@@ -310,6 +310,7 @@ class MailingError(Base):
 
 # --- The internal messenger (/chat). docs/messenger/notes.md explains the model. -------------
 
+
 class ChatConversation(Base):
     """A direct, group or channel conversation of one tenant; `last_seq` is its message
     sequence, advanced only under this row's lock (posts, joins, leaves and kicks all take it)."""
