@@ -48,7 +48,7 @@ from bench.common import (
     broker_settings,
     delete_topology,
     finish,
-    free_port,
+    free_ports,
     median,
     run_id,
 )
@@ -131,11 +131,10 @@ class Pipeline:
         return next(s for s in self.services if s.name == name)
 
 
-def _worker(name: str, module: str, env: dict[str, str]) -> Service:
-    """A worker from its entrypoint, its /ready server on a free port."""
-    port = str(free_port())
+def _worker(name: str, module: str, env: dict[str, str], port: int) -> Service:
+    """A worker from its entrypoint, its /ready server on `port`."""
     prefix = f"RELAYBOX_{name.upper()}__"
-    env = {**env, f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": port}
+    env = {**env, f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port)}
     return Service(name, ["-m", module], env, ready_url=f"http://127.0.0.1:{port}/ready")
 
 
@@ -147,7 +146,7 @@ def pipeline(database_url: str, tag: str) -> Pipeline:
         "RELAYBOX_BROKER__TOPOLOGY_PREFIX": broker_settings(tag).topology_prefix,
         "RELAYBOX_DEV_MODE": "false",
     }
-    api_port, mock_port = free_port(), free_port()
+    api_port, mock_port, publisher_port, consumer_port = free_ports(4)  # distinct
     api_url, mock_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mock_port}"
     api = Service(
         "api",
@@ -161,7 +160,7 @@ def pipeline(database_url: str, tag: str) -> Pipeline:
         },
         ready_url=f"{api_url}/ready",
     )
-    publisher = _worker("publisher", "relaybox.publisher", broker)
+    publisher = _worker("publisher", "relaybox.publisher", broker, publisher_port)
     consumer = _worker(
         "consumer",
         "relaybox.consumer",
@@ -171,6 +170,7 @@ def pipeline(database_url: str, tag: str) -> Pipeline:
             "RELAYBOX_PUSH__SERVER_KEY": PUSH_KEY,
             "RELAYBOX_PUSH__RATE_PER_SECOND": "100000",
         },
+        consumer_port,
     )
     mock = Service(
         "mock-meta",

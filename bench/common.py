@@ -27,6 +27,7 @@ from tests.support.databases import truncate as truncate_tables
 from tests.support.processes import cpu_seconds as cpu_seconds
 from tests.support.processes import die_with_parent
 from tests.support.serving import free_port as free_port
+from tests.support.serving import free_ports as free_ports
 
 from relaybox.common.db.session import asyncpg_dsn
 from relaybox.common.settings import BrokerSettings

@@ -35,7 +35,7 @@ from bench.common import (
     broker_settings,
     delete_topology,
     finish,
-    free_port,
+    free_ports,
     percentile,
     run_id,
 )
@@ -160,7 +160,7 @@ def services(database_url: str, tag: str, smtp_port: int) -> tuple[list[Service]
         "RELAYBOX_BROKER__TOPOLOGY_PREFIX": broker.topology_prefix,
         "RELAYBOX_DEV_MODE": "false",
     }
-    api_port, pub_port, con_port = free_port(), free_port(), free_port()
+    api_port, pub_port, con_port = free_ports(3)  # distinct
     api_url = f"http://127.0.0.1:{api_port}"
     api = Service(
         "api",

@@ -16,7 +16,7 @@ from typing import Any
 
 from relaybox.common.faults import CRASH_EXIT_CODE
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
-from tests.support.serving import free_port, wait_http
+from tests.support.serving import free_ports, wait_http
 
 __all__ = [
     "CRASH_EXIT_CODE",
@@ -87,8 +87,8 @@ def mock_meta_process(
 ) -> Iterator[str]:
     """`python -m relaybox.mock_meta` on free ports (HTTP and its SMTP sink) with `overrides`
     as settings (`meta__webhook_secret=...`); yields its URL, terminates it at the end."""
-    port = free_port()
-    env = service_env(db, broker, mock_meta__port=port, smtp_sink__port=free_port(), **overrides)
+    port, smtp_port = free_ports(2)
+    env = service_env(db, broker, mock_meta__port=port, smtp_sink__port=smtp_port, **overrides)
     process = subprocess.Popen(
         [sys.executable, "-m", "relaybox.mock_meta"], env=env, stdin=subprocess.DEVNULL
     )

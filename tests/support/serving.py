@@ -39,6 +39,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each is held until all are chosen (calls of `free_port` one
+    after another may return the same port twice, and two services of one run then collide —
+    the loser's health check answered by the winner)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 async def wait_http(url: str, timeout_s: float = 30.0) -> None:
     """Wait until `url` answers 200 (a service process finished starting)."""
     async with httpx.AsyncClient() as client, asyncio.timeout(timeout_s):
