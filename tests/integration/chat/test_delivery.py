@@ -363,23 +363,32 @@ async def test_the_providers_rate_limit_is_respected(
     assert arrivals[-1] - arrivals[0] >= (15 - 1) / 5 * 0.9  # paced, not a burst
 
 
-async def test_a_lost_push_leaves_the_copy_sent(
-    people: People, engine: AsyncEngine, chat_pipeline: Pipeline, mock_push: str
+async def test_a_lost_push_fails_at_the_receipt_deadline_until_a_fetch_proves_it(
+    people: People, engine: AsyncEngine, pipeline_with: Pipelines, mock_push: str
 ) -> None:
+    """Accepted is not delivered: a push the gateway lost leaves the copy SENT until the
+    receipt deadline, then FAILED with the reason (never pushed again); a fetch still makes it
+    DELIVERED. A confirmed copy is left alone by its deadline."""
     conversation = await group(people, "alice", "bob", "carol")
     await register(people, "bob", "tok-bob-lost")
     await register(people, "carol", "tok-carol-ok")
     await configure(mock_push, devices={"tok-bob-lost": {"loss": 1}})
-    message_id = await post(people, "alice", conversation)
-    await wait_statuses(engine, message_id, {"bob": "SENT", "carol": "DELIVERED"})
-
-    async def lost() -> bool:
-        return bool((await mock_get(mock_push, "/push/_mock/stats"))["lost"] == 1)
-
-    await eventually(lost, timeout=DEADLINE_S)
-    await chat_pipeline.worker.run_until_idle()
+    async with pipeline_with(push={"receipt_timeout_s": 2}) as running:
+        message_id = await post(people, "alice", conversation)
+        await wait_statuses(engine, message_id, {"bob": "FAILED", "carol": "DELIVERED"})
+        await running.worker.run_until_idle()
     bob = (await copies(engine, message_id))["bob"]
-    assert bob["status"] == "SENT" and bob["delivered_at"] is None
+    assert bob["delivered_at"] is None and bob["sent_at"] is not None
+    assert bob["last_error"] == "no device confirmed delivery within 2 s of the push"
+    assert (await ledger(mock_push)) == {f"{message_id}:{d}": 1 for d in await _devices(engine)}
+    fetched = await people("bob").get(f"/chat/messages/{message_id}")
+    assert fetched.status_code == 200, fetched.text
+    assert (await copies(engine, message_id))["bob"]["status"] == "DELIVERED"
+
+
+async def _devices(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [str(d) for d in (await conn.scalars(text("SELECT id FROM chat_devices"))).all()]
 
 
 async def test_an_offline_device_is_delivered_when_it_comes_back(

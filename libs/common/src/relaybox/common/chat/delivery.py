@@ -7,11 +7,15 @@ them, and the outbox message that asks the consumer to push a batch of copies.
 - DELIVERED: a device confirmed receipt (a signed push receipt) or the recipient's client
   fetched the message.
 - READ: the recipient read it or a later message of the conversation.
-- FAILED: every device failed permanently or the attempts ran out (`last_error` says why).
+- FAILED: every device failed permanently or the attempts ran out, or pushes were accepted but
+  no device confirmed receipt within the receipt deadline (`last_error` says which).
 
-Moves only go forward: PENDING → SENT → DELIVERED → READ, and PENDING → FAILED. A delivery or
-read proven after FAILED still counts (the recipient does have the message): FAILED →
-DELIVERED | READ. Nothing ever moves back, so a late or duplicate event changes nothing.
+Moves only go forward: PENDING → SENT → DELIVERED → READ, and PENDING → FAILED. The receipt
+deadline is the one way from SENT to FAILED (`UNCONFIRMED_FROM`): an accepted push is not a
+delivered one (a gateway may lose it), so a copy that no device confirmed in time is reported
+FAILED rather than left SENT forever. A delivery or read proven after FAILED still counts (the
+recipient does have the message): FAILED → DELIVERED | READ. Nothing ever moves back, so a late
+or duplicate event changes nothing.
 """
 
 from __future__ import annotations
@@ -47,12 +51,22 @@ MOVES_TO: dict[RecipientStatus, tuple[RecipientStatus, ...]] = {
 }
 """The statuses each status may be reached from."""
 
+UNCONFIRMED_FROM = RecipientStatus.SENT
+"""The status a copy is in when its receipt deadline passes with no device's confirmation
+(then FAILED); only the receipt deadline takes this move."""
+
 
 def may_become(status: Any, target: RecipientStatus) -> ColumnElement[bool]:
     """The SQL condition "a copy whose status is `status` may move to `target`"."""
     return status.in_([s.value for s in MOVES_TO[target]])  # type: ignore[no-any-return]
 
 
-def deliver_payload(message_id: str, recipients: list[str]) -> dict[str, Any]:
-    """The `chat.deliver` outbox payload: push `message_id` to these recipients' devices."""
-    return {"messageId": message_id, "recipients": recipients}
+def deliver_payload(
+    message_id: str, recipients: list[str], *, confirm: bool = False
+) -> dict[str, Any]:
+    """The `chat.deliver` outbox payload: push `message_id` to these recipients' devices; with
+    `confirm`, the receipt deadline of their accepted pushes instead (due after the delay)."""
+    payload: dict[str, Any] = {"messageId": message_id, "recipients": recipients}
+    if confirm:
+        payload["confirm"] = True
+    return payload

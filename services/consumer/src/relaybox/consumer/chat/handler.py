@@ -22,6 +22,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter
@@ -103,6 +104,8 @@ class ChatDeliverHandler(DatabaseWork):
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """One round for the batch; safe to repeat (see the module doc)."""
         message_id, users, attempt = _parse(payload)
+        if payload.get("confirm") is True:
+            return await self._confirm(message_id, users)
         message, copies = await self.in_statement(lambda c: store.load(c, message_id, users))
         if message is None:
             return "duplicate"  # every copy is final (or the message is gone)
@@ -184,6 +187,18 @@ class ChatDeliverHandler(DatabaseWork):
         await store.count_tries(conn, message.id, verdict.tried)
         await store.mark_sent(conn, message.id, verdict.sent)  # before FAILED: SENT wins
         await store.mark_failed(conn, message.id, {**verdict.failed, **plan.failed})
+        if verdict.accepted:  # the receipt deadline of what the gateway accepted this round
+            await enqueue(
+                conn,
+                routing_key=self.route,
+                payload=deliver_payload(
+                    str(message.id),
+                    sorted({o.user_id for o in verdict.accepted}),
+                    confirm=True,
+                ),
+                headers=carried_headers(headers),
+                delay=timedelta(seconds=self.settings.push.receipt_timeout_s),
+            )
         if plan.outcome == "sent":
             return
         payload = deliver_payload(str(message.id), verdict.unfinished)
@@ -197,6 +212,21 @@ class ChatDeliverHandler(DatabaseWork):
         await enqueue(
             conn, routing_key=self.route, payload=payload, destination=destination, headers=kept
         )
+
+    async def _confirm(self, message_id: uuid.UUID, users: list[str]) -> str:
+        """The receipt deadline passed: the copies still SENT (accepted, yet no device
+        confirmed, and no fetch) become FAILED with the reason."""
+        timeout_s = self.settings.push.receipt_timeout_s
+        reason = f"no device confirmed delivery within {timeout_s:g} s of the push"
+        failed = await self.in_tx(lambda c: store.fail_unconfirmed(c, message_id, users, reason))
+        if not failed:
+            return "duplicate"
+        metrics.ATTEMPTS.labels(self.route, "FAILED").observe(1)
+        log.warning(
+            "chat copies unconfirmed past the receipt deadline",
+            extra={"route": self.route, "id": str(message_id), "count": failed},
+        )
+        return "unconfirmed"
 
     async def _record_accepted_alone(self, message_id: uuid.UUID, verdict: Verdict) -> None:
         """The accepted pushes and the copies' SENT, by themselves, through any database

@@ -16,7 +16,7 @@ from sqlalchemy import String, Text, and_, any_, bindparam, case, func, or_, sel
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaybox.common.chat.delivery import RecipientStatus, may_become
+from relaybox.common.chat.delivery import UNCONFIRMED_FROM, RecipientStatus, may_become
 from relaybox.common.db.models import ChatRecipient
 from relaybox.consumer.chat.verdict import Copy, Device, Outcome
 
@@ -176,6 +176,24 @@ async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[st
             last_error=case((moves, None), else_=r.last_error),
         )
     )
+
+
+async def fail_unconfirmed(
+    conn: AsyncConnection, message_id: uuid.UUID, users: list[str], reason: str
+) -> int:
+    """The copies of `users` still SENT → FAILED with `reason` (the receipt deadline); how many.
+    A copy a receipt, a fetch or a read moved on is left alone."""
+    r = ChatRecipient
+    result = await conn.execute(
+        update(r)
+        .where(
+            r.message_id == message_id,
+            r.user_id == any_(bindparam("users", users, type_=ARRAY(String))),
+            r.status == UNCONFIRMED_FROM.value,
+        )
+        .values(status=RecipientStatus.FAILED.value, failed_at=func.now(), last_error=reason)
+    )
+    return int(result.rowcount)
 
 
 async def mark_failed(

@@ -39,6 +39,13 @@ class PushSettings(BaseModel):
     max_connections: int = Field(
         default=256, ge=1, description="connections to the gateway kept by one replica"
     )
+    receipt_timeout_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="a copy whose pushes were accepted but that no device confirmed within this "
+        "long is FAILED ('no device confirmed delivery'); a later receipt or fetch still makes "
+        "it DELIVERED",
+    )
 
 
 class UnregisteredDeviceError(PermanentError):
