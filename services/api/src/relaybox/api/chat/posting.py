@@ -36,6 +36,19 @@ async def _stored(session: AsyncSession, message: ChatMessage, status: int) -> S
     return StoredResponse.of(status, view)
 
 
+async def _earlier(
+    session: AsyncSession, client: Client, client_message_id: str | None
+) -> ChatMessage | None:
+    """The caller's message stored under this clientMessageId, if any."""
+    return await session.scalar(
+        select(ChatMessage).where(
+            ChatMessage.tenant_id == client.tenant,
+            ChatMessage.sender_id == client.id,
+            ChatMessage.client_message_id == client_message_id,
+        )
+    )
+
+
 async def _repeat(
     session: AsyncSession, earlier: ChatMessage, request: PostMessageRequest
 ) -> StoredResponse:
@@ -91,13 +104,7 @@ async def post(
             return stored
         found = await seat(session, client, request.conversation_id, lock=True)
         if request.client_message_id is not None:
-            earlier = await session.scalar(
-                select(ChatMessage).where(
-                    ChatMessage.tenant_id == client.tenant,
-                    ChatMessage.sender_id == client.id,
-                    ChatMessage.client_message_id == request.client_message_id,
-                )
-            )
+            earlier = await _earlier(session, client, request.client_message_id)
             if earlier is not None:
                 return await _repeat(session, earlier, request)
         require_member(found, "post")
@@ -132,13 +139,7 @@ async def post(
         )
         if message is None:  # the same clientMessageId, just committed in another conversation
             await savepoint.rollback()
-            earlier = await session.scalar(
-                select(ChatMessage).where(
-                    ChatMessage.tenant_id == client.tenant,
-                    ChatMessage.sender_id == client.id,
-                    ChatMessage.client_message_id == request.client_message_id,
-                )
-            )
+            earlier = await _earlier(session, client, request.client_message_id)
             assert earlier is not None
             return await _repeat(session, earlier, request)
         await savepoint.commit()
