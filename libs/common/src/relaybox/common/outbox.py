@@ -15,6 +15,7 @@ from relaybox.common.db.models import Outbox
 NOTIFY_CHANNEL = "relaybox_outbox"
 WORK = "work"
 DEAD = "dead"
+EVENTS = "events"  # the realtime replicas' exchange: chat events, routed by BCC
 
 
 def retry_destination(delay_ms: int) -> str:
@@ -40,6 +41,7 @@ async def enqueue(
     headers: dict[str, Any] | None = None,
     message_id: uuid.UUID | None = None,
     delay: timedelta | None = None,
+    xid: int | None = None,
 ) -> uuid.UUID:
     """Add one message to the outbox in the session's transaction and wake the publisher.
 
@@ -53,6 +55,8 @@ async def enqueue(
         "payload": payload,
         "headers": headers or {},
     }
+    if xid is not None:
+        values["xid"] = xid
     if delay is not None:
         values["available_at"] = func.now() + delay
     await session.execute(insert(Outbox).values(**values))

@@ -145,3 +145,18 @@ class ChatSettings(BaseModel):
         default=24.0, gt=0, description="uploads never attached to a message are deleted after"
     )
     storage: AttachmentStorageSettings = AttachmentStorageSettings()
+    event_retention_h: float = Field(
+        default=168.0,
+        gt=0,
+        description="chat events (what a realtime client resumes from) are kept this long; a "
+        "client away longer gets `resync`",
+    )
+    stream_ticket_ttl_s: float = Field(
+        default=30.0, gt=0, le=600, description="lifetime of a `POST /chat/stream-tickets` ticket"
+    )
+    presence_ttl_s: float = Field(
+        default=45.0,
+        gt=0,
+        description="a device's socket counts as live this long after its replica last saw it "
+        "(keep it above two realtime heartbeats): the consumer does not push to a live device",
+    )

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
+from relaybox.common.auth import InvalidTokenError, caller_of
 from relaybox.common.errors import RelayboxError
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
@@ -35,7 +36,6 @@ USER_SCOPES = (
 )
 """Every scope of a tenant's own rows."""
 ALL_SCOPES = (*USER_SCOPES, ADMIN_SCOPE)
-MAX_TENANT = 255
 MIN_SECRET_BYTES = 32
 SCOPE = "scope"  # opt key: the token scope a route requires
 RATE_LIMITED = "rate_limited"  # opt key: the route spends the per-client send budget
@@ -111,18 +111,11 @@ def client_retriever(
     """Litestar's `retrieve_user_handler`: the caller of a verified token (else a 401)."""
 
     async def retrieve(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
-        scopes = token.extras.get("scopes", [])
-        if isinstance(scopes, str):
-            scopes = scopes.split()
-        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-            raise NotAuthorizedException("Invalid token: 'scopes' must be a list of strings")
-        tenant = token.sub if tenant_claim == "sub" else token.extras.get(tenant_claim)
-        if not isinstance(tenant, str) or not 0 < len(tenant) <= MAX_TENANT:
-            raise NotAuthorizedException(
-                f"Invalid token: the tenant claim {tenant_claim!r} must be a string of 1 to "
-                f"{MAX_TENANT} characters"
-            )
-        return Client(id=token.sub, scopes=frozenset(scopes), tenant=tenant)
+        try:
+            caller = caller_of(token.sub, token.extras, tenant_claim)
+        except InvalidTokenError as exc:
+            raise NotAuthorizedException(str(exc)) from None
+        return Client(id=caller.id, scopes=caller.scopes, tenant=caller.tenant)
 
     return retrieve
 

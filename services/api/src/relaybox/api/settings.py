@@ -6,6 +6,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from relaybox.common.auth import PLACEHOLDER_SECRET as PLACEHOLDER_SECRET
+from relaybox.common.auth import AuthSettings as AuthSettings
 from relaybox.common.mailings.rules import TOKEN_PLACEHOLDER
 from relaybox.common.settings import (
     ChatSettings,
@@ -14,22 +16,6 @@ from relaybox.common.settings import (
     WebhookRetention,
 )
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
-
-# Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev.
-PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
-
-
-class AuthSettings(BaseModel):
-    """Bearer JWT (HS256), and which claim names the caller's tenant."""
-
-    jwt_secret: str = PLACEHOLDER_SECRET
-    token_ttl_s: int = Field(default=86_400, gt=0, description="lifetime of tokens made by `token`")
-    tenant_claim: str = Field(
-        default="sub",
-        min_length=1,
-        description="the claim naming the tenant that owns the caller's rows (`sub`: each "
-        "subject is its own tenant; e.g. `org` for users sharing an organisation's rows)",
-    )
 
 
 class RateLimitSettings(BaseModel):

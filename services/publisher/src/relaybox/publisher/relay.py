@@ -23,7 +23,7 @@ from relaybox.common.db.session import asyncpg_dsn, create_engine, dispose, run_
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.broker import connect
 from relaybox.common.messaging.topology import Topology
-from relaybox.common.outbox import NOTIFY_CHANNEL
+from relaybox.common.outbox import EVENTS, NOTIFY_CHANNEL
 from relaybox.publisher import metrics
 from relaybox.publisher.settings import PublisherSettings
 
@@ -197,11 +197,19 @@ class Relay:
             metrics.RETURNS.inc()
             return Outcome(row["id"], f"unknown destination {row['destination']!r}")
         headers = dict(row["headers"])
+        # A chat event goes to the replicas its users are connected to, or to none: nobody
+        # connected is not an error (a client that connects later resumes from PostgreSQL), and
+        # it is not kept across a broker restart (the replicas' queues are not).
+        live_event = row["destination"] == EVENTS
         message = aio_pika.Message(
             body=json.dumps(row["payload"], separators=(",", ":")).encode(),
             message_id=str(row["message_id"]),
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=(
+                aio_pika.DeliveryMode.NOT_PERSISTENT
+                if live_event
+                else aio_pika.DeliveryMode.PERSISTENT
+            ),
             timestamp=row["created_at"],
             headers=headers,
         )
@@ -210,7 +218,7 @@ class Relay:
             await exchange.publish(
                 message,
                 routing_key=row["routing_key"],
-                mandatory=True,
+                mandatory=not live_event,
                 timeout=self.settings.publish_timeout_s,
             )
         except PublishError:

@@ -17,13 +17,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -55,8 +56,12 @@ class Outbox(Base):
     available_at: Mapped[datetime] = mapped_column(server_default=func.now())
     publish_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    xid: Mapped[int | None] = mapped_column(BigInteger)  # the writer's, on rows carrying events
 
-    __table_args__ = (Index("ix_outbox_available_at_id", "available_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_available_at_id", "available_at", "id"),
+        Index("ix_outbox_xid", "xid", postgresql_where=sql_text("xid IS NOT NULL")),
+    )
 
 
 class Email(Base):
@@ -524,3 +529,74 @@ class ChatMessageAttachment(Base):
     position: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_chat_message_attachments_attachment_id", "attachment_id"),)
+
+
+CURRENT_XID = sql_text("(pg_current_xact_id()::text)::bigint")
+"""The id of the transaction writing a row, as bigint (the epoch-extended `xid8`)."""
+
+
+class ChatEvent(Base):
+    """A change connected clients must see, written in the transaction that makes it; `xid` is
+    that transaction's id. Who sees it: `audience`, or for `message.created` (audience NULL) the
+    message's sender and its copies' recipients."""
+
+    __tablename__ = "chat_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    xid: Mapped[int] = mapped_column(BigInteger, server_default=CURRENT_XID)
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    message_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    audience: Mapped[list[str] | None] = mapped_column(ARRAY(String(255)))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "(audience IS NULL) = (kind = 'message.created')", name="audience_or_copies"
+        ),
+        Index("ix_chat_events_tenant_id_xid_id", "tenant_id", "xid", "id"),
+        Index("ix_chat_events_created_at", "created_at"),
+    )
+
+
+class ChatStreamTicket(Base):
+    """A stream ticket that was used (a ticket connects once)."""
+
+    __tablename__ = "chat_stream_tickets"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_chat_stream_tickets_expires_at", "expires_at"),)
+
+
+class ChatPresence(Base):
+    """A live socket of a registered device, refreshed by the replica's heartbeat."""
+
+    __tablename__ = "chat_presence"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    device_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    tenant_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    replica: Mapped[str] = mapped_column(String(255))
+    connected_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_chat_presence_device_id", "device_id"),
+        Index("ix_chat_presence_replica", "replica"),
+    )
+
+
+class ChatStreamState(Base):
+    """One row: events with `xid` up to `swept_xid` may have been deleted by the retention."""
+
+    __tablename__ = "chat_stream_state"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    swept_xid: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)

@@ -8,7 +8,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from relaybox.common.outbox import DEAD, WORK, retry_destination
+from relaybox.common.outbox import DEAD, EVENTS, WORK, retry_destination
 from relaybox.common.settings import BrokerSettings
 
 ATTEMPT_HEADER = "x-attempt"
@@ -52,6 +52,12 @@ class Topology:
         return f"{self.prefix}relaybox"
 
     @property
+    def events_exchange(self) -> str:
+        """Chat events for the realtime replicas (topic; routed by the BCC header's user keys,
+        each replica binding the keys of the users connected to it)."""
+        return f"{self.prefix}relaybox.chat.events"
+
+    @property
     def dead_letter_exchange(self) -> str:
         return f"{self.prefix}relaybox.dlx"
 
@@ -87,6 +93,8 @@ class Topology:
             return self.exchange
         if destination == DEAD:
             return self.dead_letter_exchange
+        if destination == EVENTS:
+            return self.events_exchange
         for delay in self.retry_delays_ms:
             if destination == retry_destination(delay):
                 return self.retry_exchange(delay)
@@ -109,7 +117,7 @@ class Topology:
         return queues + [self.retry_queue(d) for d in self.retry_delays_ms]
 
     def all_exchanges(self) -> list[str]:
-        return [self.exchange, self.dead_letter_exchange] + [
+        return [self.exchange, self.dead_letter_exchange, self.events_exchange] + [
             self.retry_exchange(d) for d in self.retry_delays_ms
         ]
 
@@ -121,7 +129,14 @@ class Topology:
         dlx = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        exchanges: dict[str, AbstractExchange] = {main.name: main, dlx.name: dlx}
+        events = await channel.declare_exchange(
+            self.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        exchanges: dict[str, AbstractExchange] = {
+            main.name: main,
+            dlx.name: dlx,
+            events.name: events,
+        }
         for route in self.routes:
             work = await channel.declare_queue(
                 self.queue(route),
