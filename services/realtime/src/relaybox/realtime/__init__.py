@@ -1,0 +1,1 @@
+"""The realtime service: chat clients' WebSockets, fed by RabbitMQ, resumed from PostgreSQL."""
