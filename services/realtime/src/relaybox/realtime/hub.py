@@ -1,0 +1,235 @@
+"""The replica's side of RabbitMQ: one exclusive queue, bound to the users connected here.
+
+- Events arrive on the topic exchange `relaybox.chat.events`, routed by the `BCC` user keys
+  the writer set; each arriving message lists its users in `to`, and goes to their sockets.
+- Checkpoints: now and then the replica computes the horizon H (`Store.horizon`) and sends a
+  marker to its own queue. The queue is FIFO, so when the marker comes back every event below
+  H that was routed here has been handed to its sockets; the sockets bound before H was
+  computed then advance to H.
+- A lost broker connection loses what was routed meanwhile: every socket is closed with 1012
+  (clients resume elsewhere, from PostgreSQL) and the hub reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+
+from relaybox.common.chat.events import user_route
+from relaybox.common.messaging.topology import Topology
+from relaybox.realtime import metrics
+from relaybox.realtime.connection import RESTART, Connection
+from relaybox.realtime.store import Store
+
+log = logging.getLogger(__name__)
+MARKER = "relaybox.checkpoint"
+MARKER_TIMEOUT_S = 5.0
+IDLE_MARKER_S = 5.0
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        topology: Topology,
+        replica: str,
+        store: Store,
+        checkpoint_interval_s: float,
+    ) -> None:
+        self._url = broker_url
+        self._topology = topology
+        self.replica = replica
+        self._store = store
+        self._interval = checkpoint_interval_s
+        self.connections: dict[tuple[str, str], set[Connection]] = defaultdict(set)
+        self._bound: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.generation = 0
+        self._marker_out: tuple[int, float] | None = None
+        self._changed = True
+        self._last_marker = 0.0
+        self.ready = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self._topology.prefix}realtime.{self.replica}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._connect()
+        self._tasks.append(asyncio.create_task(self._checkpoints()))
+
+    async def _connect(self) -> None:
+        self._connection = await aio_pika.connect(
+            self._url, client_properties={"connection_name": f"relaybox-realtime {self.replica}"}
+        )
+        self._connection.close_callbacks.add(self._on_lost)
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        self._exchange = await self._channel.declare_exchange(
+            self._topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._queue = await self._channel.declare_queue(
+            self.queue_name, exclusive=True, auto_delete=True, durable=False
+        )
+        self._bound.clear()
+        self._marker_out = None
+        self._tasks.append(asyncio.create_task(self._consume(self._queue)))
+        self.ready.set()
+
+    def _on_lost(self, *_args: Any) -> None:
+        if self._stopping:
+            return
+        log.warning("broker connection lost: closing every socket (clients resume)")
+        self.ready.clear()
+        for group in list(self.connections.values()):
+            for conn in list(group):
+                conn.close_soon(RESTART, "service restart")
+        asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await self._connect()
+                log.info("broker connection restored")
+                return
+            except (OSError, ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning("broker reconnect failed", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def close(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        """Route the user's events here (binding on their first socket); from then on their
+        live events reach `conn` (held while it replays)."""
+        route = user_route(conn.tenant, conn.user)
+        self.connections[conn.key].add(conn)
+        metrics.CONNECTIONS.inc()
+        async with self._lock(route):
+            if route not in self._bound:
+                assert self._queue is not None
+                assert self._exchange is not None
+                await self._queue.bind(self._exchange, routing_key=route)
+                self._bound.add(route)
+                metrics.USERS.inc()
+        conn.bound_generation = self.generation
+        self._changed = True
+
+    async def detach(self, conn: Connection) -> None:
+        group = self.connections.get(conn.key)
+        if group is None or conn not in group:
+            return
+        group.discard(conn)
+        metrics.CONNECTIONS.dec()
+        if group:
+            return
+        del self.connections[conn.key]
+        route = user_route(conn.tenant, conn.user)
+        async with self._lock(route):
+            if conn.key in self.connections or route not in self._bound:
+                return
+            self._bound.discard(route)
+            metrics.USERS.dec()
+            if self._queue is not None and self._exchange is not None and self.ready.is_set():
+                with contextlib.suppress(Exception):
+                    await self._queue.unbind(self._exchange, routing_key=route)
+        self._locks.pop(route, None)
+
+    def _lock(self, route: str) -> asyncio.Lock:
+        lock = self._locks.get(route)
+        if lock is None:
+            lock = self._locks[route] = asyncio.Lock()
+        return lock
+
+    def all_connections(self) -> list[Connection]:
+        return [conn for group in self.connections.values() for conn in group]
+
+    # -- the queue --------------------------------------------------------------------------
+
+    async def _consume(self, queue: AbstractQueue) -> None:
+        async with queue.iterator(no_ack=True) as messages:
+            async for message in messages:
+                if message.type == MARKER:
+                    self._on_marker(json.loads(message.body))
+                else:
+                    self._on_event(json.loads(message.body))
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        metrics.LIVE_EVENTS.inc()
+        self._changed = True
+        tenant = event["tenant"]
+        for user in event["to"]:
+            for conn in self.connections.get((tenant, user), ()):
+                conn.offer_live(event)
+
+    def _on_marker(self, marker: dict[str, Any]) -> None:
+        generation, horizon = marker["generation"], marker["horizon"]
+        if self._marker_out is not None and self._marker_out[0] == generation:
+            self._marker_out = None
+        metrics.CHECKPOINTS.inc()
+        for conn in self.all_connections():
+            if conn.bound_generation < generation:
+                conn.checkpoint(horizon)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._send_marker()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop outlives a failed round
+                log.warning("checkpoint round failed", extra={"error": repr(exc)})
+
+    async def _send_marker(self) -> None:
+        now = time.monotonic()
+        if not self.ready.is_set() or not self.connections:
+            return
+        if self._marker_out is not None and now - self._marker_out[1] < MARKER_TIMEOUT_S:
+            return  # one marker in flight at a time
+        if not self._changed and now - self._last_marker < IDLE_MARKER_S:
+            return
+        self._changed = False
+        self.generation += 1
+        generation = self.generation
+        horizon = await self._store.horizon()
+        if horizon is None:
+            return
+        assert self._channel is not None
+        self._marker_out = (generation, now)
+        self._last_marker = now
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(
+                body=json.dumps({"generation": generation, "horizon": horizon}).encode(),
+                type=MARKER,
+            ),
+            routing_key=self.queue_name,
+        )

@@ -1,0 +1,226 @@
+"""What the realtime service reads and writes in PostgreSQL: the replay, the checkpoint
+horizon, tickets, presence and acks. Every statement is one round trip."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relaybox.common.chat.delivery import RecipientStatus
+from relaybox.common.chat.events import Move, record_statuses
+
+XMIN = text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+"""The oldest transaction still running: every transaction below it has ended."""
+
+HORIZON = text(
+    "SELECT LEAST((pg_snapshot_xmin(pg_current_snapshot())::text)::bigint, "
+    "(SELECT min(xid) FROM outbox WHERE xid IS NOT NULL)) AS horizon"
+)
+"""The checkpoint bound: below the oldest running transaction (nothing can still commit
+there) and below the oldest event whose outbox row is not yet published (everything below has
+been routed to the replicas' queues)."""
+
+REPLAY = text(
+    """
+WITH snapshot AS (SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint AS xmin)
+SELECT snapshot.xmin, e.id, e.xid, e.kind, e.payload
+FROM snapshot
+LEFT JOIN LATERAL (
+    SELECT e.id, e.xid, e.kind, e.payload
+    FROM chat_events e
+    WHERE e.tenant_id = :tenant
+      AND e.xid >= :x
+      AND (e.xid, e.id) > (:after_xid, :after_id)
+      AND NOT (e.id = ANY(CAST(:skip AS bigint[])))
+      AND (
+        CAST(:user AS varchar) = ANY(e.audience)
+        OR (
+          e.kind = 'message.created'
+          AND (
+            EXISTS (SELECT 1 FROM chat_recipients r
+                    WHERE r.message_id = e.message_id AND r.user_id = :user)
+            OR EXISTS (SELECT 1 FROM chat_messages m
+                       WHERE m.id = e.message_id AND m.sender_id = :user)
+          )
+        )
+      )
+    ORDER BY e.xid, e.id
+    LIMIT :page
+) e ON true
+"""
+)
+"""One page of the events after a cursor that `user` may see, in (xid, id) order, with the
+snapshot's xmin (below it, every event this snapshot shows is final)."""
+
+SWEPT = text("SELECT swept_xid FROM chat_stream_state WHERE id = 1")
+
+USE_TICKET = text(
+    "INSERT INTO chat_stream_tickets (jti, expires_at) VALUES (:jti, :expires_at) "
+    "ON CONFLICT DO NOTHING RETURNING jti"
+)
+
+OWN_DEVICE = text(
+    "SELECT 1 FROM chat_devices WHERE id = :device AND tenant_id = :tenant AND user_id = :user"
+)
+PRESENT = text(
+    "INSERT INTO chat_presence (connection_id, device_id, tenant_id, user_id, replica) "
+    "VALUES (:connection, :device, :tenant, :user, :replica)"
+)
+ABSENT = text("DELETE FROM chat_presence WHERE connection_id = ANY(CAST(:connections AS uuid[]))")
+SEEN = text("UPDATE chat_presence SET seen_at = now() WHERE replica = :replica")
+GONE = text("DELETE FROM chat_presence WHERE replica = :replica")
+
+ACK = text(
+    """
+WITH acked AS (
+    SELECT DISTINCT a.message_id, a.user_id
+    FROM unnest(CAST(:messages AS uuid[]), CAST(:users AS varchar[])) AS a(message_id, user_id)
+),
+locked AS (
+    SELECT r.message_id, r.user_id
+    FROM chat_recipients r
+    JOIN acked USING (message_id, user_id)
+    JOIN chat_messages m ON m.id = r.message_id AND m.tenant_id = :tenant
+    WHERE r.status IN ('PENDING', 'SENT', 'FAILED')
+    ORDER BY r.message_id, r.user_id
+    FOR UPDATE OF r
+)
+UPDATE chat_recipients r
+SET status = 'DELIVERED', delivered_at = coalesce(r.delivered_at, now())
+FROM locked, chat_messages m
+WHERE r.message_id = locked.message_id AND r.user_id = locked.user_id
+  AND m.id = r.message_id
+  AND r.status IN ('PENDING', 'SENT', 'FAILED')
+RETURNING r.message_id, r.conversation_id, m.sender_id, r.user_id
+"""
+)
+"""Acked copies move to DELIVERED (forward only: from PENDING, SENT or FAILED, as
+`relaybox.common.chat.delivery.MOVES_TO` says); the moved ones come
+back with their sender, who is told."""
+
+
+@dataclass(frozen=True)
+class Page:
+    xmin: int
+    rows: list[Any]
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def horizon(self) -> int | None:
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(HORIZON)).scalar()
+        return None if value is None else int(value)
+
+    async def xmin(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(XMIN)).scalar_one())
+
+    async def swept_xid(self) -> int:
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(SWEPT)).scalar()
+        return int(value or 0)
+
+    async def replay_page(
+        self,
+        *,
+        tenant: str,
+        user: str,
+        x: int,
+        after: tuple[int, int],
+        skip: Sequence[int],
+        page: int,
+    ) -> Page:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    REPLAY,
+                    {
+                        "tenant": tenant,
+                        "user": user,
+                        "x": x,
+                        "after_xid": after[0],
+                        "after_id": after[1],
+                        "skip": list(skip),
+                        "page": page,
+                    },
+                )
+            ).all()
+        xmin = int(rows[0].xmin)
+        return Page(xmin, [row for row in rows if row.id is not None])
+
+    async def use_ticket(self, jti: str, expires_at: Any) -> bool:
+        async with self.engine.begin() as conn:
+            return (
+                await conn.execute(USE_TICKET, {"jti": jti, "expires_at": expires_at})
+            ).first() is not None
+
+    async def owns_device(self, tenant: str, user: str, device: uuid.UUID) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(
+                OWN_DEVICE, {"device": device, "tenant": tenant, "user": user}
+            )
+            return found.first() is not None
+
+    async def present(
+        self, connection: uuid.UUID, device: uuid.UUID, tenant: str, user: str, replica: str
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                PRESENT,
+                {
+                    "connection": connection,
+                    "device": device,
+                    "tenant": tenant,
+                    "user": user,
+                    "replica": replica,
+                },
+            )
+
+    async def absent(self, connections: Sequence[uuid.UUID]) -> None:
+        if connections:
+            async with self.engine.begin() as conn:
+                await conn.execute(ABSENT, {"connections": list(connections)})
+
+    async def seen(self, replica: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(SEEN, {"replica": replica})
+
+    async def gone(self, replica: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(GONE, {"replica": replica})
+
+    async def ack(
+        self, tenant: str, copies: Sequence[tuple[uuid.UUID, str]], fanout_batch: int
+    ) -> int:
+        """Record DELIVERED for these (message, user) copies of `tenant` and tell their senders,
+        in one transaction; returns how many copies moved."""
+        async with self.engine.begin() as conn:
+            moved = (
+                await conn.execute(
+                    ACK,
+                    {
+                        "tenant": tenant,
+                        "messages": [c[0] for c in copies],
+                        "users": [c[1] for c in copies],
+                    },
+                )
+            ).all()
+            if moved:
+                await record_statuses(
+                    conn,
+                    tenant=tenant,
+                    status=RecipientStatus.DELIVERED.value,
+                    moves=[
+                        Move(r.message_id, r.conversation_id, r.sender_id, r.user_id) for r in moved
+                    ],
+                    fanout_batch=fanout_batch,
+                )
+        return len(moved)
