@@ -6,15 +6,15 @@ RUN := $(UV) run --frozen
 PY_SRC := libs services tests bench
 
 # Development defaults for the targets that run the services (any RELAYBOX_* you set wins).
-run token seed: export RELAYBOX_DEV_MODE ?= true
+run token seed chat-tail: export RELAYBOX_DEV_MODE ?= true
 # The users of one organisation share its rows (the messenger needs that): the `org` claim.
-run token seed: export RELAYBOX_AUTH__TENANT_CLAIM ?= org
+run token seed chat-tail: export RELAYBOX_AUTH__TENANT_CLAIM ?= org
 run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down
+.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -39,11 +39,15 @@ TENANT ?= dev
 token: install ## print a dev bearer token (all scopes; SUB=alice: another user of org dev; TENANT=acme: another org)
 	@$(RUN) python -m relaybox.api token --sub $(SUB) --tenant $(TENANT)
 
-run: preflight migrate ## start api, publisher, consumer and mock-meta (honcho), print URLs and a token
+chat-tail: install ## print a user's live chat events as they arrive (needs `make run`; SUB=alice, TENANT=acme as for token)
+	$(RUN) python -m relaybox.realtime tail --sub $(SUB) --tenant $(TENANT) $(CHAT_TAIL_ARGS)
+
+run: preflight migrate ## start api, publisher, consumer, realtime and mock-meta (honcho), print URLs and a token
 	@echo ""
 	@echo "  API         http://127.0.0.1:3000   (OpenAPI + Swagger UI at /api)"
 	@echo "  mock-meta   http://127.0.0.1:4000   (received emails: /smtp/messages; SMTP sink on :1025)"
-	@echo "  publisher   http://127.0.0.1:9101/metrics   consumer http://127.0.0.1:9102/metrics"
+	@echo "  realtime    ws://127.0.0.1:3100/chat/stream   (a ticket from POST /chat/stream-tickets; make chat-tail SUB=alice)"
+	@echo "  publisher   http://127.0.0.1:9101/metrics   consumer http://127.0.0.1:9102/metrics   realtime http://127.0.0.1:3100/metrics"
 	@echo "  dev token   $$($(RUN) python -m relaybox.api token --sub dev --tenant dev)"
 	@echo ""
 	$(RUN) honcho start -f Procfile
