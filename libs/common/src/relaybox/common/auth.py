@@ -18,6 +18,9 @@ PLACEHOLDER_SECRET = "dev-insecure-secret-change-me-outside-dev"  # noqa: S105
 """Refused outside dev mode; 32+ bytes so that PyJWT does not warn about the key length in dev."""
 ALGORITHM = "HS256"
 MAX_TENANT = 255
+TICKET_AUDIENCE = "relaybox:chat-stream"
+"""The audience of stream tickets (`relaybox.common.chat.tickets`): a token naming it is a
+ticket, never a bearer token (a ticket travels in a URL, where logs may keep it)."""
 
 
 class AuthSettings(BaseModel):
@@ -46,8 +49,17 @@ class Caller:
     scopes: frozenset[str]
 
 
-def caller_of(sub: str, claims: Mapping[str, Any], tenant_claim: str) -> Caller:
-    """The caller of a verified token's claims (its `scopes` list and tenant claim checked)."""
+def caller_of(
+    sub: str, claims: Mapping[str, Any], tenant_claim: str, *, ticket: bool = False
+) -> Caller:
+    """The caller of a verified token's claims (its `scopes` list and tenant claim checked).
+    A stream ticket is refused unless `ticket` (where a ticket is expected)."""
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if not ticket and TICKET_AUDIENCE in audiences:
+        raise InvalidTokenError(
+            "Invalid token: this is a stream ticket; send it as ?ticket= to the stream"
+        )
     scopes = claims.get("scopes", [])
     if isinstance(scopes, str):
         scopes = scopes.split()
@@ -69,7 +81,8 @@ def verify_bearer(token: str, settings: AuthSettings) -> Caller:
             token,
             settings.jwt_secret,
             algorithms=[ALGORITHM],
-            options={"require": ["exp", "sub"]},
+            # Like the API's middleware: an audience is not checked (a ticket's is refused).
+            options={"require": ["exp", "sub"], "verify_aud": False},
         )
     except jwt.PyJWTError as exc:
         raise InvalidTokenError(f"Invalid token: {exc}") from None

@@ -112,7 +112,7 @@ def client_retriever(
 
     async def retrieve(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Client:
         try:
-            caller = caller_of(token.sub, token.extras, tenant_claim)
+            caller = caller_of(token.sub, {**token.extras, "aud": token.aud}, tenant_claim)
         except InvalidTokenError as exc:
             raise NotAuthorizedException(str(exc)) from None
         return Client(id=caller.id, scopes=caller.scopes, tenant=caller.tenant)

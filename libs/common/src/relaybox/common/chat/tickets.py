@@ -15,9 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from relaybox.common.auth import ALGORITHM, AuthSettings, Caller, InvalidTokenError, caller_of
+from relaybox.common.auth import (
+    ALGORITHM,
+    TICKET_AUDIENCE,
+    AuthSettings,
+    Caller,
+    InvalidTokenError,
+    caller_of,
+)
 
-AUDIENCE = "relaybox:chat-stream"
+AUDIENCE = TICKET_AUDIENCE
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ def verify_ticket(ticket: str, settings: AuthSettings) -> Ticket:
     if not isinstance(sub, str) or not sub or not isinstance(jti, str) or len(jti) > 64:
         raise InvalidTokenError("invalid ticket: bad 'sub' or 'jti'")
     return Ticket(
-        caller=caller_of(sub, claims, settings.tenant_claim),
+        caller=caller_of(sub, claims, settings.tenant_claim, ticket=True),
         jti=jti,
         expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
     )
