@@ -363,7 +363,7 @@ def test_example_cursors_are_cursors_the_service_reads() -> None:
     ]
     assert found
     for text in found:
-        assert Cursor.decode(text).encode() == text
+        Cursor.decode(text)  # raises BadCursorError on one the service would answer with resync
 
 
 def test_ack_limit_is_the_services() -> None:

@@ -32,6 +32,7 @@ from relaybox.common.settings import ENV_PREFIX, ServiceSettings
 from relaybox.consumer.settings import ConsumerSettings
 from relaybox.mock_meta.settings import MockMetaSettings
 from relaybox.publisher.settings import PublisherSettings
+from relaybox.realtime.settings import RealtimeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -60,6 +61,30 @@ def _mock_meta_serves_metrics(settings: BaseSettings) -> bool:
 
 def _worker_serves_metrics(settings: BaseSettings) -> bool:
     return True  # relaybox.common.observability.server.health_app always serves /metrics
+
+
+def _realtime_serves_metrics(settings: BaseSettings) -> bool:
+    """Ask the replica's plain-HTTP handler (no server, database or broker is contacted)."""
+    import asyncio
+
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request
+
+    from relaybox.common.db.session import dispose
+    from relaybox.realtime.server import Replica
+
+    assert isinstance(settings, RealtimeSettings)
+
+    async def ask() -> bool:
+        replica = Replica(settings)
+        try:
+            request = Request("/metrics", Headers())
+            response = await replica._process_request(None, request)  # type: ignore[arg-type]
+            return response is not None and response.status_code == 200
+        finally:
+            await dispose(replica.engine)
+
+    return asyncio.run(ask())
 
 
 @dataclass(frozen=True)
@@ -96,6 +121,13 @@ SERVICES: dict[str, Service] = {
         http="consumer",
         listeners=("consumer",),
         serves_metrics=_worker_serves_metrics,
+    ),
+    "realtime": Service(
+        "relaybox.realtime",
+        RealtimeSettings,
+        http="realtime",
+        listeners=("realtime",),
+        serves_metrics=_realtime_serves_metrics,
     ),
     "mock-meta": Service(
         "relaybox.mock_meta",
@@ -448,6 +480,32 @@ def test_api_secret_is_accepted_and_labelled_for_development() -> None:
         assert "dev" in settings.auth.jwt_secret, "a dev-mode default secret must say so"
 
 
+def test_realtime_accepts_the_apis_tickets_and_tokens() -> None:
+    """The API signs stream tickets and bearer tokens; realtime must verify them."""
+    from relaybox.api.auth import issue_token
+    from relaybox.common.auth import Caller, verify_bearer
+    from relaybox.common.chat.tickets import issue_ticket, verify_ticket
+
+    api, realtime = effective_settings("api"), effective_settings("realtime")
+    assert isinstance(api, ApiSettings) and isinstance(realtime, RealtimeSettings)
+    assert realtime.auth.jwt_secret == api.auth.jwt_secret
+    assert realtime.auth.tenant_claim == api.auth.tenant_claim
+    assert realtime.dev_mode == api.dev_mode
+    caller = Caller(id="alice", tenant="dev", scopes=frozenset({"chat:read"}))
+    ticket, _ = issue_ticket(api.auth, caller, api.chat.stream_ticket_ttl_s)
+    assert verify_ticket(ticket, realtime.auth).caller == caller
+    token = issue_token(api, "alice", ("chat:read",), 60, tenant="dev")
+    assert verify_bearer(token, realtime.auth) == caller
+
+
+def test_presence_outlives_two_realtime_heartbeats() -> None:
+    """The consumer takes a device as live while its presence row is fresh; realtime refreshes
+    it every heartbeat, so a live socket's row must not look stale between two beats."""
+    consumer, realtime = effective_settings("consumer"), effective_settings("realtime")
+    assert isinstance(consumer, ConsumerSettings) and isinstance(realtime, RealtimeSettings)
+    assert consumer.chat.presence_ttl_s > 2 * realtime.realtime.heartbeat_s
+
+
 def test_api_gets_no_broker_settings() -> None:
     """The API never talks to RabbitMQ: only the publisher publishes what the outbox holds."""
     broker = [key for key in environment("api") if key.upper().startswith("RELAYBOX_BROKER__")]
@@ -537,14 +595,35 @@ def test_clients_reach_compose_services_they_wait_for(name: str) -> None:
         assert depends_on(name).get("migrate") == "service_completed_successfully"
 
 
+def shutdown_grace_field(name: str) -> list[str] | None:
+    """Where a service's `shutdown_grace_s` lives: top level (consumer) or in its listener's
+    sub-model (realtime's `RELAYBOX_REALTIME__SHUTDOWN_GRACE_S`); None without one."""
+    service = SERVICES[name]
+    if "shutdown_grace_s" in service.settings.model_fields:
+        return ["shutdown_grace_s"]
+    if service.http is not None:
+        sub = nested_model(service.settings.model_fields[service.http].annotation)
+        if sub is not None and "shutdown_grace_s" in sub.model_fields:
+            return [service.http, "shutdown_grace_s"]
+    return None
+
+
 @pytest.mark.parametrize(
-    "name",
-    [name for name in LONG_RUNNING if "shutdown_grace_s" in SERVICES[name].settings.model_fields],
+    "name", [name for name in LONG_RUNNING if shutdown_grace_field(name) is not None]
 )
 def test_stop_grace_period_outlasts_the_shutdown_grace(name: str) -> None:
-    grace = float(effective_settings(name).model_dump()["shutdown_grace_s"])
+    value: Any = effective_settings(name).model_dump()
+    for part in shutdown_grace_field(name) or []:
+        value = value[part]
+    grace = float(value)
     stop = duration_s(services()[name].get("stop_grace_period", "10s"))
     assert stop > grace, f"{name}: SIGKILL after {stop}s cuts the {grace}s drain short"
+
+
+def test_services_with_a_drain_are_checked() -> None:
+    assert {"consumer", "realtime"} <= {
+        name for name in LONG_RUNNING if shutdown_grace_field(name) is not None
+    }
 
 
 # --- (d) referenced files, the image, Prometheus and Grafana ---------------------------------
@@ -634,7 +713,7 @@ def test_prometheus_scrapes_each_metrics_endpoint_at_its_settings_port() -> None
     with_metrics = {
         name for name in LONG_RUNNING if SERVICES[name].serves_metrics(effective_settings(name))
     }
-    assert {"api", "publisher", "consumer"} <= with_metrics
+    assert {"api", "publisher", "consumer", "realtime"} <= with_metrics
     assert set(targets) == with_metrics, "scrape exactly the services that serve /metrics"
 
 
