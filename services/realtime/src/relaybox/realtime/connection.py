@@ -1,7 +1,7 @@
 """One client socket: its position in the stream, and its bounded send buffer.
 
-The position is what the cursor says (`relaybox.realtime.cursor`): every event with a
-transaction id below `x` was sent, and so were the events in `sent` (id → xid). An event is
+The position is what the cursor says (`relaybox.realtime.cursor`): every event ordered before
+`position` (by `(xid, id)`) was sent, and so were the events in `sent` (id → xid). An event is
 sent once: whatever is already covered — by the replay, a live copy, a duplicate publish — is
 dropped (`covered`).
 """
@@ -54,7 +54,7 @@ class Connection:
         self.user = caller.id
         self.device = device
         self.bound_generation = -1  # the replica's marker generation when its binding was made
-        self.x = 0
+        self.position = (0, 0)
         self.sent: dict[int, int] = {}
         self.replaying = True
         self.backlog: list[dict[str, Any]] = []
@@ -71,21 +71,23 @@ class Connection:
         return (self.tenant, self.user)
 
     def cursor(self) -> str:
-        return Cursor(self.x, tuple(sorted(self.sent.items()))).encode()
+        x, i = self.position
+        return Cursor(x, i, tuple(sorted(self.sent.items()))).encode()
 
     def start_at(self, cursor: Cursor) -> None:
-        self.x = cursor.x
+        self.position = cursor.position
         self.sent = dict(cursor.sent)
 
     def covered(self, event_id: int, xid: int) -> bool:
-        return xid < self.x or event_id in self.sent
+        return (xid, event_id) < self.position or event_id in self.sent
 
-    def advance(self, x: int) -> bool:
-        """Everything below `x` was sent: forget the ids there. True if the position moved."""
-        if x <= self.x:
+    def advance(self, position: tuple[int, int]) -> bool:
+        """Everything ordered before `position` was sent: forget the ids there. True if the
+        position moved."""
+        if position <= self.position:
             return False
-        self.x = x
-        self.sent = {i: v for i, v in self.sent.items() if v >= x}
+        self.position = position
+        self.sent = {i: v for i, v in self.sent.items() if (v, i) >= position}
         return True
 
     # -- sending ----------------------------------------------------------------------------
@@ -131,12 +133,13 @@ class Connection:
         await self._queue.put(dumps(frame))
         metrics.FRAMES.labels(frame["type"]).inc()
 
-    def checkpoint(self, x: int) -> None:
-        """Advance to `x`; tell the client when ids were forgotten, or now and then when idle."""
+    def checkpoint(self, horizon: int) -> None:
+        """Advance past every transaction below `horizon`; tell the client when ids were
+        forgotten, or now and then when idle."""
         if self.replaying:
-            return  # the replay may still owe events below x (a marker counts once it is over)
+            return  # the replay may still owe events below it (a marker counts once it is over)
         had_ids = bool(self.sent)
-        if not self.advance(x):
+        if not self.advance((horizon, 0)):
             return
         now = time.monotonic()
         if (had_ids and len(self.sent) == 0) or now - self._checkpointed_at > IDLE_CHECKPOINT_S:

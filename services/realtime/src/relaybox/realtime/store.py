@@ -34,7 +34,7 @@ LEFT JOIN LATERAL (
     SELECT e.id, e.xid, e.kind, e.payload
     FROM chat_events e
     WHERE e.tenant_id = :tenant
-      AND e.xid >= :x
+      AND (e.xid, e.id) >= (:start_xid, :start_id)
       AND (e.xid, e.id) > (:after_xid, :after_id)
       AND NOT (e.id = ANY(CAST(:skip AS bigint[])))
       AND (
@@ -133,7 +133,7 @@ class Store:
         *,
         tenant: str,
         user: str,
-        x: int,
+        start: tuple[int, int],
         after: tuple[int, int],
         skip: Sequence[int],
         page: int,
@@ -145,7 +145,8 @@ class Store:
                     {
                         "tenant": tenant,
                         "user": user,
-                        "x": x,
+                        "start_xid": start[0],
+                        "start_id": start[1],
                         "after_xid": after[0],
                         "after_id": after[1],
                         "skip": list(skip),

@@ -61,7 +61,7 @@ class Streams:
             "heartbeatS": self._heartbeat_s,
         }
         if cursor is None:
-            conn.start_at(Cursor(await self._store.xmin()))
+            conn.start_at(Cursor(await self._store.xmin()))  # (xmin, 0): the events after now
             await self._replay(conn, silent=True)
             await conn.send({**hello, "cursor": conn.cursor()})
             if resync:
@@ -81,12 +81,13 @@ class Streams:
     async def _replay(self, conn: Connection, *, silent: bool) -> None:
         skip = list(conn.sent)
         after = (0, 0)
+        start = conn.position
         first_xmin: int | None = None
         while True:
             page = await self._store.replay_page(
                 tenant=conn.tenant,
                 user=conn.user,
-                x=conn.x,
+                start=start,
                 after=after,
                 skip=skip,
                 page=self._page,
@@ -96,7 +97,9 @@ class Streams:
             for row in page.rows:
                 xid, event_id = int(row.xid), int(row.id)
                 if xid < first_xmin:
-                    conn.advance(xid)  # every earlier event below the xmin was in the pages
+                    # below the first snapshot's xmin every event is final and was in the pages
+                    # so far: all those ordered before this one were sent
+                    conn.advance((xid, event_id))
                 frame = conn.frame(row.kind, event_id, xid, row.payload)
                 if frame is not None and not silent:
                     await conn.send(frame)
@@ -105,7 +108,7 @@ class Streams:
             if len(page.rows) < self._page:
                 break
         if first_xmin is not None:
-            conn.advance(first_xmin)
+            conn.advance((first_xmin, 0))
 
     async def on_frame(self, conn: Connection, raw: str | bytes) -> None:
         """One client frame; a bad one is answered with an `error` frame."""
