@@ -185,6 +185,9 @@ ROWS = [
         lambda w, k, me: Call(f"/chat/attachments/{w.targets[k].attachment}"),
         "the uploader, and whoever may see a message that references it",
         group=SEEN, channel=PUBLIC),
+    Row("POST", "/chat/stream-tickets", READ,
+        lambda w, k, me: Call("/chat/stream-tickets"),
+        "anyone of the tenant gets a stream ticket of their own", group=(201,) * 7),
 ]  # fmt: skip
 
 

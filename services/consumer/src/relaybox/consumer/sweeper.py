@@ -1,7 +1,10 @@
 """The sweeper: re-enqueue outbound rows stuck past their lease, and mailings whose parse stopped
 making progress, through the outbox; and delete what outlived its retention: stored
 Idempotency-Key answers nobody can replay any more, webhook events past any provider's retries,
-chat uploads no message ever referenced (and their files, when no other row names them).
+chat uploads no message ever referenced (and their files, when no other row names them), chat
+events past their retention (raising the stream's horizon, `chat_stream_state.swept_xid`, in the
+same statement), used stream tickets past their expiry, and presence rows a killed realtime
+replica left behind.
 
 Each sweep takes a batch with `FOR UPDATE SKIP LOCKED` and bumps `updated_at`, so several
 sweepers (one per consumer replica) never take the same row.
@@ -21,6 +24,7 @@ from relaybox.common.db.models import ChatAttachment
 from relaybox.common.mailings.rules import UNPARSED_SQL
 from relaybox.common.messaging.topology import MAILING_PARSE
 from relaybox.common.outbox import enqueue
+from relaybox.common.settings import ChatSettings
 from relaybox.consumer.delivery import DeliveryTable
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,7 @@ STALE_PARSES = text(
 PURGED = Counter(
     "relaybox_sweeper_purged_total",
     "Rows deleted once older than their retention (idempotency_keys, webhook_events, "
-    "chat_attachments)",
+    "chat_attachments, chat_events, chat_stream_tickets, chat_presence)",
     ("table",),
 )
 ATTACHMENT_FILES_DELETED = Counter(
@@ -72,6 +76,29 @@ UNATTACHED_UPLOADS = text(
     RETURNING sha256
     """
 )
+
+
+# One batch of chat events past the retention, and the stream's horizon raised to the highest
+# xid deleted, in one statement (so one transaction: a resume never sees the events gone and the
+# horizon below them). The upsert keeps working if the one row is missing.
+EXPIRED_EVENTS = text(
+    """
+    WITH doomed AS MATERIALIZED (
+        SELECT id, xid FROM chat_events
+        WHERE created_at < now() - make_interval(secs => :keep_s)
+        ORDER BY created_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), horizon AS (
+        INSERT INTO chat_stream_state AS s (id, swept_xid)
+        SELECT 1, max(xid) FROM doomed HAVING count(*) > 0
+        ON CONFLICT (id) DO UPDATE SET swept_xid = GREATEST(s.swept_xid, EXCLUDED.swept_xid)
+    )
+    DELETE FROM chat_events WHERE id IN (SELECT id FROM doomed)
+    """
+)
+PRESENCE_LEFTOVERS = 10
+"""A presence row unseen for this many presence TTLs belongs to a replica that died."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,8 @@ class Sweeper:
     attachment_store: AttachmentStore | None = None  # None: chat uploads are not swept
     attachment_retention_s: float = 24 * 3600.0
     attachment_batch_size: int = 100
+    event_retention_s: float = ChatSettings().event_retention_h * 3600
+    presence_ttl_s: float = ChatSettings().presence_ttl_s
 
     async def sweep_table(self, swept: SweptRoute) -> list[str]:
         """One batch of one table; the ids this sweeper took (and re-enqueued)."""
@@ -161,6 +190,8 @@ class Sweeper:
         return [
             Retention("idempotency_keys", "created_at", self.idempotency_retention_s),
             Retention("webhook_events", "received_at", self.webhook_event_retention_s),
+            Retention("chat_stream_tickets", "expires_at", 0.0),
+            Retention("chat_presence", "seen_at", PRESENCE_LEFTOVERS * self.presence_ttl_s),
         ]
 
     async def purge(self, retention: Retention) -> int:
@@ -170,6 +201,16 @@ class Sweeper:
                 retention.statement(), {"keep_s": retention.keep_s, "limit": self.purge_batch_size}
             )
         PURGED.labels(retention.table).inc(result.rowcount)
+        return result.rowcount
+
+    async def purge_events(self) -> int:
+        """Delete one batch of chat events older than the retention, first raising the
+        stream's horizon to the highest xid deleted (one statement); how many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                EXPIRED_EVENTS, {"keep_s": self.event_retention_s, "limit": self.purge_batch_size}
+            )
+        PURGED.labels("chat_events").inc(result.rowcount)
         return result.rowcount
 
     async def purge_unattached_uploads(self) -> int:
@@ -210,5 +251,6 @@ class Sweeper:
         await self.requeue_stale_parses()
         for retention in self.retentions():
             await self.purge(retention)
+        await self.purge_events()
         await self.purge_unattached_uploads()
         return requeued

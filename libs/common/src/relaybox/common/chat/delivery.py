@@ -3,9 +3,10 @@ them, and the outbox message that asks the consumer to push a batch of copies.
 
 - PENDING: written with the message, not yet handed to the push provider.
 - SENT: relaybox handed it on — the push provider accepted it for at least one of the
-  recipient's devices, or the recipient has no device (it waits for a client to fetch it).
-- DELIVERED: a device confirmed receipt (a signed push receipt) or the recipient's client
-  fetched the message.
+  recipient's devices, a device has a live realtime socket (which delivers it), or the
+  recipient has no device (it waits for a client to fetch it).
+- DELIVERED: a device confirmed receipt (a signed push receipt or a realtime socket's ack) or
+  the recipient's client fetched the message.
 - READ: the recipient read it or a later message of the conversation.
 - FAILED: every device failed permanently or the attempts ran out, or pushes were accepted but
   no device confirmed receipt within the receipt deadline (`last_error` says which).
@@ -62,11 +63,22 @@ def may_become(status: Any, target: RecipientStatus) -> ColumnElement[bool]:
 
 
 def deliver_payload(
-    message_id: str, recipients: list[str], *, confirm: bool = False
+    message_id: str,
+    recipients: list[str],
+    *,
+    confirm: bool = False,
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """The `chat.deliver` outbox payload: push `message_id` to these recipients' devices; with
-    `confirm`, the receipt deadline of their accepted pushes instead (due after the delay)."""
+    `confirm`, the receipt deadline of their accepted pushes instead (due after the delay).
+
+    A device with a live socket (a fresh `chat_presence` row) is not pushed: the socket delivers
+    and its ack records DELIVERED. With `devices`, only those devices of the recipients are
+    pushed, live or not (the realtime service asks so when a socket closed before acking a
+    message it was handed); each device is still pushed a message at most once."""
     payload: dict[str, Any] = {"messageId": message_id, "recipients": recipients}
     if confirm:
         payload["confirm"] = True
+    if devices is not None:
+        payload["devices"] = devices
     return payload

@@ -8,6 +8,7 @@ from relaybox.api.chat.attachments import AttachmentController
 from relaybox.api.chat.conversations import ChannelController, ConversationController
 from relaybox.api.chat.devices import DeviceController
 from relaybox.api.chat.messages import ChatMessageController, SearchController
+from relaybox.api.chat.stream_tickets import StreamTicketController
 
 
 def chat_router() -> Router:
@@ -20,5 +21,6 @@ def chat_router() -> Router:
             SearchController,
             DeviceController,
             AttachmentController,
+            StreamTicketController,
         ],
     )

@@ -30,6 +30,7 @@ from relaybox.api.chat.views import conversation_views, conversations_query, rea
 from relaybox.api.fields import SINGLE_LINE
 from relaybox.api.openapi import problems
 from relaybox.api.pagination import decode_cursor, encode_cursor
+from relaybox.api.settings import ApiSettings
 from relaybox.common.db.models import ChatConversation, ChatMember
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="conversations per page")]
@@ -144,8 +145,11 @@ class ConversationController(Controller):
         request: Request[Client, Any, State],
         data: JSONBody[CreateConversationRequest],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
     ) -> Response[ConversationDetail]:
-        conversation, created = await membership.create(db_session, request.user, data)
+        conversation, created = await membership.create(
+            db_session, request.user, data, fanout_batch=settings.chat.fanout_batch
+        )
         body = await detail(db_session, request.user, conversation.id)
         return Response(body, status_code=201 if created else 200)
 
@@ -188,9 +192,12 @@ class ConversationController(Controller):
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         conversation_id: FromPath[uuid.UUID],
     ) -> Response[ConversationDetail]:
-        joined = await membership.join(db_session, request.user, conversation_id)
+        joined = await membership.join(
+            db_session, request.user, conversation_id, fanout_batch=settings.chat.fanout_batch
+        )
         body = await detail(db_session, request.user, conversation_id)
         return Response(body, status_code=201 if joined else 200)
 
@@ -207,9 +214,12 @@ class ConversationController(Controller):
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         conversation_id: FromPath[uuid.UUID],
     ) -> None:
-        await membership.leave(db_session, request.user, conversation_id)
+        await membership.leave(
+            db_session, request.user, conversation_id, fanout_batch=settings.chat.fanout_batch
+        )
 
     @post(
         "/{conversation_id:uuid}/members",
@@ -224,10 +234,16 @@ class ConversationController(Controller):
         request: Request[Client, Any, State],
         data: JSONBody[AddMemberRequest],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         conversation_id: FromPath[uuid.UUID],
     ) -> Response[MemberView]:
         row, added = await membership.add(
-            db_session, request.user, conversation_id, data.user_id, data.role
+            db_session,
+            request.user,
+            conversation_id,
+            data.user_id,
+            data.role,
+            fanout_batch=settings.chat.fanout_batch,
         )
         return Response(_member_view(row), status_code=201 if added else 200)
 
@@ -244,10 +260,17 @@ class ConversationController(Controller):
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         conversation_id: FromPath[uuid.UUID],
         user_id: UserId,
     ) -> None:
-        await membership.kick(db_session, request.user, conversation_id, user_id)
+        await membership.kick(
+            db_session,
+            request.user,
+            conversation_id,
+            user_id,
+            fanout_batch=settings.chat.fanout_batch,
+        )
 
     @patch(
         "/{conversation_id:uuid}/members/{user_id:str}",
@@ -260,11 +283,17 @@ class ConversationController(Controller):
         request: Request[Client, Any, State],
         data: JSONBody[ChangeRoleRequest],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         conversation_id: FromPath[uuid.UUID],
         user_id: UserId,
     ) -> MemberView:
         row = await membership.change_role(
-            db_session, request.user, conversation_id, user_id, data.role
+            db_session,
+            request.user,
+            conversation_id,
+            user_id,
+            data.role,
+            fanout_batch=settings.chat.fanout_batch,
         )
         return _member_view(row)
 

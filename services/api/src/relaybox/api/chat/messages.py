@@ -168,15 +168,20 @@ class ChatMessageController(Controller):
         summary="Mark read up to this message",
         description="Records the caller's read time on their copy of this message and every "
         "earlier one of the conversation (the first read time is kept) and moves their read "
-        "watermark forward (never back). Idempotent.",
+        "watermark forward (never back). Idempotent. The senders of the copies it moves to READ "
+        "get a `message.status` event, the caller's realtime clients a `read` event when the "
+        "watermark moved.",
     )
     async def read(
         self,
         request: Request[Client, Any, State],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[ApiSettings],
         message_id: FromPath[uuid.UUID],
     ) -> ReadResult:
-        return await reads.read(db_session, request.user, message_id)
+        return await reads.read(
+            db_session, request.user, message_id, fanout_batch=settings.chat.fanout_batch
+        )
 
     @get(
         "/{message_id:uuid}/receipts",

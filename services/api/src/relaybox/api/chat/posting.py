@@ -1,5 +1,5 @@
-"""POST /chat/messages: the message, one copy per other current member and the outbox rows that
-push them, in one transaction under the conversation's lock."""
+"""POST /chat/messages: the message, one copy per other current member, the outbox rows that
+push them and the `message.created` event, in one transaction under the conversation's lock."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from relaybox.api.chat.views import message_views
 from relaybox.api.errors import ApiError, ConflictError
 from relaybox.api.idempotency import Idempotency, StoredResponse
 from relaybox.common.chat.delivery import deliver_payload
+from relaybox.common.chat.events import MESSAGE_CREATED, record
 from relaybox.common.db.models import (
     ChatAttachment,
     ChatConversation,
@@ -164,7 +165,17 @@ async def post(
                 )
             ).all()
         )
-        await mark_read(session, client, request.conversation_id, seq)  # replying is reading
+        # Replying is reading: the copies it moves to READ are announced to their senders; the
+        # sender's watermark move is not (their clients see it in `message.created`: a post
+        # always moves its sender's watermark to its own seq).
+        await mark_read(
+            session,
+            client,
+            request.conversation_id,
+            seq,
+            fanout_batch=fanout_batch,
+            announce_watermark=False,
+        )
         if request.attachment_ids:
             await session.execute(
                 insert(ChatMessageAttachment).values(
@@ -188,6 +199,16 @@ async def post(
                 headers=headers,
             )
         response = await _stored(session, message, 202)
+        await record(
+            session,
+            tenant=client.tenant,
+            kind=MESSAGE_CREATED,
+            data=response.body,  # the message as GET /chat/messages/{id} shows it
+            audience=[client.id, *recipients],
+            conversation_id=message.conversation_id,
+            message_id=message.id,
+            fanout_batch=fanout_batch,
+        )
         if idempotency is not None:
             await idempotency.store(session, response)
     return response

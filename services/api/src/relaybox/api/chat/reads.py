@@ -1,5 +1,7 @@
 """Read receipts: a read moves the caller's copies up to a message to READ (the first read time
-is kept) and their watermark forward; the receipts of a message for its sender and admins."""
+is kept) and their watermark forward, and tells the senders (`message.status` READ) and the
+reader's other clients (`read`) in the same transaction; the receipts of a message for its
+sender and admins."""
 
 from __future__ import annotations
 
@@ -14,48 +16,95 @@ from relaybox.api.chat.access import MANAGERS, current_member
 from relaybox.api.chat.history import visible
 from relaybox.api.chat.schemas import ReadResult, Receipts, ReceiptSummary, RecipientReceipt
 from relaybox.common.chat.delivery import RecipientStatus, may_become
-from relaybox.common.db.models import ChatMember, ChatRecipient
+from relaybox.common.chat.events import READ, Move, record, record_statuses
+from relaybox.common.db.models import ChatMember, ChatMessage, ChatRecipient
+from relaybox.common.settings import ChatSettings
+
+DEFAULT_FANOUT_BATCH = ChatSettings().fanout_batch
 
 
 async def mark_read(
-    session: AsyncSession, client: Client, conversation_id: uuid.UUID, seq: int
+    session: AsyncSession,
+    client: Client,
+    conversation_id: uuid.UUID,
+    seq: int,
+    *,
+    fanout_batch: int = DEFAULT_FANOUT_BATCH,
+    announce_watermark: bool = True,
 ) -> int:
     """The caller has read the conversation up to `seq`: their copies up to it are READ (the
     first read time is kept) and each of their membership intervals' watermark moves up to it,
-    at most to the interval's end, never back. Returns how many copies became READ."""
-    marked = await session.execute(
-        update(ChatRecipient)
-        .where(
-            ChatRecipient.user_id == client.id,
-            ChatRecipient.conversation_id == conversation_id,
-            ChatRecipient.seq <= seq,
-            ChatRecipient.read_at.is_(None),
-            may_become(ChatRecipient.status, RecipientStatus.READ),
+    at most to the interval's end, never back. Returns how many copies became READ.
+
+    The copies that moved are announced to their senders (`message.status` READ); a move of the
+    current interval's watermark to the reader (`read`), unless `announce_watermark` is off."""
+    r = ChatRecipient
+    moved = (
+        await session.execute(
+            update(r)
+            .where(
+                r.user_id == client.id,
+                r.conversation_id == conversation_id,
+                r.seq <= seq,
+                r.read_at.is_(None),
+                may_become(r.status, RecipientStatus.READ),
+                ChatMessage.id == r.message_id,
+            )
+            .values(
+                status=RecipientStatus.READ.value,
+                read_at=func.now(),
+                delivered_at=func.coalesce(r.delivered_at, func.now()),
+            )
+            .returning(r.message_id, ChatMessage.sender_id)
         )
-        .values(
-            status=RecipientStatus.READ.value,
-            read_at=func.now(),
-            delivered_at=func.coalesce(ChatRecipient.delivered_at, func.now()),
-        )
-    )
+    ).all()
     cap = func.least(seq, func.coalesce(ChatMember.left_seq, seq))
-    await session.execute(
-        update(ChatMember)
-        .where(
-            ChatMember.conversation_id == conversation_id,
-            ChatMember.user_id == client.id,
-            ChatMember.joined_seq < seq,
-            ChatMember.read_seq < cap,
+    watermarks = (
+        await session.execute(
+            update(ChatMember)
+            .where(
+                ChatMember.conversation_id == conversation_id,
+                ChatMember.user_id == client.id,
+                ChatMember.joined_seq < seq,
+                ChatMember.read_seq < cap,
+            )
+            .values(read_seq=cap, read_at=func.now())
+            .returning(ChatMember.read_seq, ChatMember.left_seq)
         )
-        .values(read_seq=cap, read_at=func.now())
+    ).all()
+    await record_statuses(
+        session,
+        tenant=client.tenant,
+        status=RecipientStatus.READ.value,
+        moves=[Move(m, conversation_id, sender, client.id) for m, sender in moved],
+        fanout_batch=fanout_batch,
     )
-    return int(marked.rowcount)  # type: ignore[attr-defined]
+    current = [read_seq for read_seq, left_seq in watermarks if left_seq is None]
+    if announce_watermark and current:
+        await record(
+            session,
+            tenant=client.tenant,
+            kind=READ,
+            data={"conversationId": str(conversation_id), "readUpToSeq": current[0]},
+            audience=[client.id],
+            conversation_id=conversation_id,
+            fanout_batch=fanout_batch,
+        )
+    return len(moved)
 
 
-async def read(session: AsyncSession, client: Client, message_id: uuid.UUID) -> ReadResult:
+async def read(
+    session: AsyncSession,
+    client: Client,
+    message_id: uuid.UUID,
+    *,
+    fanout_batch: int = DEFAULT_FANOUT_BATCH,
+) -> ReadResult:
     async with session.begin():
         message = await visible(session, client, message_id)
-        marked = await mark_read(session, client, message.conversation_id, message.seq)
+        marked = await mark_read(
+            session, client, message.conversation_id, message.seq, fanout_batch=fanout_batch
+        )
         member = await current_member(session, message.conversation_id, client.id)
     return ReadResult(
         conversation_id=message.conversation_id,

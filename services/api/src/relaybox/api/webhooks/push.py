@@ -5,12 +5,14 @@ The contract is `docs/messenger/push-gateway.md`. Signed like every provider web
 signature is always required); all receipts of a request are applied in one statement, and a
 receipt for an unknown message or recipient is acknowledged and ignored (the gateway must not
 retry it forever). Repeats and late receipts are harmless: the status only moves forward and
-`delivered_at` only moves earlier.
+`delivered_at` only moves earlier. The copies a request moves to DELIVERED are announced to their
+messages' senders (`message.status` events) in the same transaction.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -22,9 +24,9 @@ from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, RequestBody, Schema
 from litestar.params import HeaderParameter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import DateTime, String, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import DateTime, Row, String, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relaybox.api.fields import SINGLE_LINE
 from relaybox.api.messages.schemas import MAX_ID
@@ -34,7 +36,8 @@ from relaybox.api.webhooks.controller import SignedEventOperation
 from relaybox.api.webhooks.schemas import ProviderTimestamp, invalid_body, json_object
 from relaybox.api.webhooks.service import WEBHOOK_EVENTS, require_signature
 from relaybox.common.chat.delivery import RecipientStatus, may_become
-from relaybox.common.db.models import ChatRecipient
+from relaybox.common.chat.events import Move, record_statuses
+from relaybox.common.db.models import ChatMessage, ChatRecipient
 from relaybox.common.db.session import connection
 from relaybox.common.signing import SIGNATURE_HEADER
 
@@ -139,8 +142,10 @@ def _copies(receipts: PushReceipts) -> list[tuple[uuid.UUID, str, datetime]]:
 
 def deliver_statement(copies: list[tuple[uuid.UUID, str, datetime]]) -> Any:
     """One UPDATE for every receipt: DELIVERED where the status may move there, delivered_at the
-    earliest time seen; only the copies it changes come back. Rows are locked in key order (two
-    requests sharing copies wait for each other instead of deadlocking)."""
+    earliest time seen; only the copies it changes come back, each with `moved` (its status
+    became DELIVERED, not only its time earlier) and its message's tenant, conversation and
+    sender. Rows are locked in key order (two requests sharing copies wait for each other
+    instead of deadlocking)."""
     received = select(
         func.unnest(_array([c[0] for c in copies], UUID())).label("message_id"),
         func.unnest(_array([c[1] for c in copies], String())).label("user_id"),
@@ -153,14 +158,24 @@ def deliver_statement(copies: list[tuple[uuid.UUID, str, datetime]]) -> Any:
     )
     r = ChatRecipient
     same_copy = and_(r.message_id == earliest.c.message_id, r.user_id == earliest.c.user_id)
+    m = ChatMessage
     locked = (
-        select(r.message_id, r.user_id)
+        select(
+            r.message_id,
+            r.user_id,
+            r.status.label("was"),
+            m.tenant_id,
+            m.conversation_id,
+            m.sender_id,
+        )
         .join(earliest, same_copy)
+        .join(m, m.id == r.message_id)
         .order_by(r.message_id, r.user_id)
         .with_for_update(of=r)
         .cte("locked")
     )
     moves = may_become(r.status, RecipientStatus.DELIVERED)
+    moved = may_become(locked.c.was, RecipientStatus.DELIVERED)
     return (
         update(r)
         .where(
@@ -173,7 +188,14 @@ def deliver_statement(copies: list[tuple[uuid.UUID, str, datetime]]) -> Any:
             status=case((moves, RecipientStatus.DELIVERED.value), else_=r.status),
             delivered_at=func.least(func.coalesce(r.delivered_at, earliest.c.at), earliest.c.at),
         )
-        .returning(r.message_id)
+        .returning(
+            r.message_id,
+            r.user_id,
+            moved.label("moved"),
+            locked.c.tenant_id,
+            locked.c.conversation_id,
+            locked.c.sender_id,
+        )
     )
 
 
@@ -187,6 +209,7 @@ class ReceiptIntake:
 
     engine: AsyncEngine
     secret: str
+    fanout_batch: int = 250
 
     async def receive(self, body: bytes, signature: str | None) -> PushReceiptAck:
         require_signature(self.secret, body, signature)
@@ -195,11 +218,30 @@ class ReceiptIntake:
         applied = 0
         if copies:
             async with connection(self.engine) as conn, conn.begin():
-                applied = len((await conn.execute(deliver_statement(copies))).all())
+                changed = (await conn.execute(deliver_statement(copies))).all()
+                await self._announce(conn, [row for row in changed if row.moved])
+            applied = len(changed)
         received = len(receipts.receipts)
         WEBHOOK_EVENTS.labels(PROVIDER, "receipt", "processed").inc(applied)
         WEBHOOK_EVENTS.labels(PROVIDER, "receipt", "duplicate").inc(received - applied)
         return PushReceiptAck(received=received, applied=applied)
+
+    async def _announce(self, conn: AsyncConnection, moved: list[Row[Any]]) -> None:
+        """`message.status` DELIVERED for the copies that moved (per tenant, then per sender
+        and conversation)."""
+        tenants: dict[str, list[Move]] = defaultdict(list)
+        for row in moved:
+            tenants[row.tenant_id].append(
+                Move(row.message_id, row.conversation_id, row.sender_id, row.user_id)
+            )
+        for tenant, moves in tenants.items():
+            await record_statuses(
+                conn,
+                tenant=tenant,
+                status=RecipientStatus.DELIVERED.value,
+                moves=moves,
+                fanout_batch=self.fanout_batch,
+            )
 
 
 class PushWebhookController(Controller):
@@ -230,5 +272,7 @@ class PushWebhookController(Controller):
             str | None, HeaderParameter(name=SIGNATURE_HEADER, required=False)
         ] = None,
     ) -> PushReceiptAck:
-        intake = ReceiptIntake(request.app.state.engine, settings.push.webhook_secret)
+        intake = ReceiptIntake(
+            request.app.state.engine, settings.push.webhook_secret, settings.chat.fanout_batch
+        )
         return await intake.receive(await request.body(), signature)

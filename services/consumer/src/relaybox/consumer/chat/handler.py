@@ -1,12 +1,18 @@
 """`chat.deliver`: push a batch of one chat message's recipient copies to their devices.
 
-A round: load the batch's copies still PENDING or SENT with their devices and this message's
-pushes (one query); push every device not pushed yet (`relaybox.consumer.chat.pushing`: at most
-`max_in_flight` at once, on slots of the global rate limit); then record the round in one
-transaction — the final pushes (ACCEPTED, or FAILED for good), the dead devices removed, the
-copies moved forward (SENT: a push accepted or no device; FAILED: every device failed for good)
-and, when some device still has a push to make, the retry message (only those copies) or, once
-the attempts ran out, those copies FAILED and the message dead-lettered.
+A round: load the batch's copies still PENDING or SENT with their devices, this message's pushes
+and the devices' presence (one query); push every device not pushed yet and without a live
+realtime socket (`relaybox.consumer.chat.pushing`: at most `max_in_flight` at once, on slots of
+the global rate limit); then record the round in one transaction — the final pushes (ACCEPTED,
+or FAILED for good), the dead devices removed, the copies moved forward (SENT: a push accepted,
+a live socket, or no device; FAILED: every device failed for good) with their senders'
+`message.status` events and, when some device still has a push to make, the retry message (only
+those copies) or, once the attempts ran out, those copies FAILED and the message dead-lettered.
+
+A device with a live socket is not pushed (the socket delivers the message and its ack records
+DELIVERED); a recipient all of whose devices are live is SENT with no receipt deadline. A
+payload with `devices` (the realtime service's, for a socket that closed before acking) pushes
+only those devices, live or not (`relaybox.consumer.chat.verdict`).
 
 A device is pushed a message once: a round skips every device with a `chat_pushes` row. The one
 repeat left is the crash window: a process that dies between the gateway's answer and the
@@ -28,7 +34,8 @@ from typing import Any
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from relaybox.common.chat.delivery import deliver_payload
+from relaybox.common.chat.delivery import RecipientStatus, deliver_payload
+from relaybox.common.chat.events import Move, record_statuses
 from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import CHAT_DELIVER, Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
@@ -63,6 +70,19 @@ def _parse(payload: dict[str, Any]) -> tuple[uuid.UUID, list[str], int]:
         raise PoisonMessageError("'recipients' must be a list of user ids")
     attempt = payload.get(ATTEMPT_KEY, 1)
     return message_id, users, attempt if isinstance(attempt, int) and attempt >= 1 else 1
+
+
+def _forced(payload: dict[str, Any]) -> frozenset[str] | None:
+    """The device ids a forced round pushes (`devices`), None for a round of every device."""
+    devices = payload.get("devices")
+    if devices is None:
+        return None
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise PoisonMessageError("'devices' must be a list of device ids")
+    try:
+        return frozenset(str(uuid.UUID(d)) for d in devices)
+    except ValueError:
+        raise PoisonMessageError("'devices' must be a list of device ids") from None
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,15 @@ class ChatDeliverHandler(DatabaseWork):
         message_id, users, attempt = _parse(payload)
         if payload.get("confirm") is True:
             return await self._confirm(message_id, users)
-        message, copies = await self.in_statement(lambda c: store.load(c, message_id, users))
+        forced = _forced(payload)
+        ttl_s = self.settings.chat.presence_ttl_s
+        message, copies = await self.in_statement(lambda c: store.load(c, message_id, users, ttl_s))
         if message is None:
             return "duplicate"  # every copy is final (or the message is gone)
         stopping = asyncio.Event()
-        round_ = asyncio.ensure_future(self._round(message, copies, attempt, headers, stopping))
+        round_ = asyncio.ensure_future(
+            self._round(message, copies, attempt, headers, stopping, forced)
+        )
         try:
             return await asyncio.shield(round_)
         except asyncio.CancelledError:
@@ -127,10 +151,11 @@ class ChatDeliverHandler(DatabaseWork):
         attempt: int,
         headers: dict[str, Any],
         stopping: asyncio.Event,
+        forced: frozenset[str] | None = None,
     ) -> str:
-        targets = [(copy.user_id, device) for copy in copies for device in copy.to_push()]
+        targets = [(copy.user_id, device) for copy in copies for device in copy.to_push(forced)]
         outcomes = await self.pusher.push_all(message, targets, stopping)
-        verdict = judge(copies, outcomes)
+        verdict = judge(copies, outcomes, forced)
         interrupted = len(outcomes) < len(targets)
         if not verdict.moves:
             if interrupted:
@@ -140,7 +165,7 @@ class ChatDeliverHandler(DatabaseWork):
         try:
             if verdict.accepted:
                 failpoint(f"{self.route}.after_send", self.settings.faults)
-            await self.in_tx(lambda c: self._record(c, message, verdict, plan, headers))
+            await self.in_tx(lambda c: self._record(c, message, verdict, plan, headers, forced))
         except Exception:
             if not verdict.accepted:
                 raise
@@ -148,7 +173,7 @@ class ChatDeliverHandler(DatabaseWork):
                 "recording a round failed; recording its accepted pushes alone",
                 extra={"route": self.route, "id": str(message.id)},
             )
-            await self._record_accepted_alone(message.id, verdict)
+            await self._record_accepted_alone(message, verdict)
             if len(verdict.accepted) < len(verdict.finals) or verdict.failed or verdict.unfinished:
                 raise  # the rest is done again by the redelivery
         self._observe_moves(verdict, plan, attempt)
@@ -181,12 +206,15 @@ class ChatDeliverHandler(DatabaseWork):
         verdict: Verdict,
         plan: Plan,
         headers: dict[str, Any],
+        forced: frozenset[str] | None = None,
     ) -> None:
         await store.insert_pushes(conn, message.id, verdict.finals)
         await store.delete_devices(conn, verdict.unregistered)
         await store.count_tries(conn, message.id, verdict.tried)
-        await store.mark_sent(conn, message.id, verdict.sent)  # before FAILED: SENT wins
-        await store.mark_failed(conn, message.id, {**verdict.failed, **plan.failed})
+        sent = await store.mark_sent(conn, message.id, verdict.sent)  # before FAILED: SENT wins
+        await self._announce(conn, message, RecipientStatus.SENT, sent)
+        failed = await store.mark_failed(conn, message.id, {**verdict.failed, **plan.failed})
+        await self._announce(conn, message, RecipientStatus.FAILED, failed)
         if verdict.accepted:  # the receipt deadline of what the gateway accepted this round
             await enqueue(
                 conn,
@@ -201,7 +229,8 @@ class ChatDeliverHandler(DatabaseWork):
             )
         if plan.outcome == "sent":
             return
-        payload = deliver_payload(str(message.id), verdict.unfinished)
+        devices = None if forced is None else sorted(forced)  # a retry is forced alike
+        payload = deliver_payload(str(message.id), verdict.unfinished, devices=devices)
         if plan.outcome == "retried":
             payload[ATTEMPT_KEY] = plan.next_attempt
             destination = retry_destination(plan.delay_ms)
@@ -213,12 +242,44 @@ class ChatDeliverHandler(DatabaseWork):
             conn, routing_key=self.route, payload=payload, destination=destination, headers=kept
         )
 
+    async def _announce(
+        self,
+        conn: AsyncConnection,
+        message: store.Message,
+        status: RecipientStatus,
+        users: list[str],
+    ) -> None:
+        """The sender's `message.status` event for the copies of `users` that moved."""
+        conversation_id = uuid.UUID(message.conversation_id)
+        await record_statuses(
+            conn,
+            tenant=message.tenant_id,
+            status=status.value,
+            moves=[Move(message.id, conversation_id, message.sender_id, u) for u in users],
+            fanout_batch=self.settings.chat.fanout_batch,
+        )
+
     async def _confirm(self, message_id: uuid.UUID, users: list[str]) -> str:
         """The receipt deadline passed: the copies still SENT (accepted, yet no device
-        confirmed, and no fetch) become FAILED with the reason."""
+        confirmed, and no fetch) become FAILED with the reason, and their sender is told."""
         timeout_s = self.settings.push.receipt_timeout_s
         reason = f"no device confirmed delivery within {timeout_s:g} s of the push"
-        failed = await self.in_tx(lambda c: store.fail_unconfirmed(c, message_id, users, reason))
+
+        async def fail(conn: AsyncConnection) -> int:
+            failed = await store.fail_unconfirmed(conn, message_id, users, reason)
+            if failed:
+                await record_statuses(
+                    conn,
+                    tenant=failed[0].tenant_id,
+                    status=RecipientStatus.FAILED.value,
+                    moves=[
+                        Move(message_id, c.conversation_id, c.sender_id, c.user_id) for c in failed
+                    ],
+                    fanout_batch=self.settings.chat.fanout_batch,
+                )
+            return len(failed)
+
+        failed = await self.in_tx(fail)
         if not failed:
             return "duplicate"
         metrics.ATTEMPTS.labels(self.route, "FAILED").observe(1)
@@ -228,16 +289,17 @@ class ChatDeliverHandler(DatabaseWork):
         )
         return "unconfirmed"
 
-    async def _record_accepted_alone(self, message_id: uuid.UUID, verdict: Verdict) -> None:
-        """The accepted pushes and the copies' SENT, by themselves, through any database
-        outage: once the gateway accepted a push nothing gives it back."""
+    async def _record_accepted_alone(self, message: store.Message, verdict: Verdict) -> None:
+        """The accepted pushes and the copies' SENT (with the sender's event), by themselves,
+        through any database outage: once the gateway accepted a push nothing gives it back."""
 
         async def record(conn: AsyncConnection) -> None:
-            await store.insert_pushes(conn, message_id, verdict.accepted)
-            await store.mark_sent(conn, message_id, verdict.sent)
+            await store.insert_pushes(conn, message.id, verdict.accepted)
+            sent = await store.mark_sent(conn, message.id, verdict.sent)
+            await self._announce(conn, message, RecipientStatus.SENT, sent)
 
-        if not await self.through_outages(lambda: self.in_tx(record), f"pushes of {message_id}"):
-            raise SendNotRecordedError(f"accepted pushes of chat message {message_id} unrecorded")
+        if not await self.through_outages(lambda: self.in_tx(record), f"pushes of {message.id}"):
+            raise SendNotRecordedError(f"accepted pushes of chat message {message.id} unrecorded")
 
     # --- metrics -----------------------------------------------------------------------------
 

@@ -2,14 +2,15 @@
 
 Whatever the batch size, a round costs the same handful of statements: the pushes inserted from
 arrays, the dead devices deleted, and each status move one UPDATE over every copy it applies to
-(guarded by `may_become`, so a late or repeated round never moves a copy back).
+(guarded by `may_become`, so a late or repeated round never moves a copy back), which returns the
+copies it moved: their senders are told (`message.status`) in the same transaction.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy import String, Text, and_, any_, bindparam, case, func, or_, select, update
@@ -17,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaybox.common.chat.delivery import UNCONFIRMED_FROM, RecipientStatus, may_become
-from relaybox.common.db.models import ChatRecipient
+from relaybox.common.db.models import ChatMessage, ChatRecipient
 from relaybox.consumer.chat.verdict import Copy, Device, Outcome
 
 OPEN = [RecipientStatus.PENDING.value, RecipientStatus.SENT.value]
@@ -25,19 +26,23 @@ OPEN = [RecipientStatus.PENDING.value, RecipientStatus.SENT.value]
 PASSED_SENT = [RecipientStatus.DELIVERED.value, RecipientStatus.READ.value]
 """Statuses past SENT (a copy there was sent too)."""
 
-# The message, and each asked-for copy still open with its devices and this message's pushes
-# (a device removed since keeps its push row: FULL JOIN). One round trip for the whole batch.
+# The message, and each asked-for copy still open with its devices, this message's pushes (a
+# device removed since keeps its push row: FULL JOIN) and whether the device has a live socket
+# (a `chat_presence` row seen within the presence TTL). One round trip for the whole batch.
 _LOAD = """
 SELECT m.tenant_id, m.conversation_id::text AS conversation_id, m.sender_id, m.seq, m.text,
        c.title, r.user_id, r.status,
-       x.device_id::text AS device_id, x.push_token, x.push_status, x.push_error
+       x.device_id::text AS device_id, x.push_token, x.push_status, x.push_error, x.live
 FROM chat_messages AS m
 JOIN chat_conversations AS c ON c.id = m.conversation_id
 JOIN chat_recipients AS r
   ON r.message_id = m.id AND r.user_id = ANY($2::text[]) AND r.status = ANY($3::text[])
 LEFT JOIN LATERAL (
     SELECT coalesce(d.id, p.device_id) AS device_id, d.push_token,
-           p.status AS push_status, p.last_error AS push_error
+           p.status AS push_status, p.last_error AS push_error,
+           EXISTS (SELECT 1 FROM chat_presence AS s
+                   WHERE s.device_id = d.id
+                     AND s.seen_at > now() - make_interval(secs => $4::float8)) AS live
     FROM (SELECT id, push_token FROM chat_devices
           WHERE tenant_id = m.tenant_id AND user_id = r.user_id) AS d
     FULL JOIN (SELECT device_id, status, last_error FROM chat_pushes
@@ -81,10 +86,10 @@ class Message:
 
 
 async def load(
-    conn: asyncpg.Connection, message_id: uuid.UUID, users: list[str]
+    conn: asyncpg.Connection, message_id: uuid.UUID, users: list[str], presence_ttl_s: float
 ) -> tuple[Message | None, list[Copy]]:
     """The message and the copies of `users` still PENDING or SENT (None, [] when none is)."""
-    rows = await conn.fetch(_LOAD, message_id, users, OPEN)
+    rows = await conn.fetch(_LOAD, message_id, users, OPEN, presence_ttl_s)
     if not rows:
         return None, []
     first = rows[0]
@@ -102,7 +107,13 @@ async def load(
         copy = copies.setdefault(row["user_id"], Copy(row["user_id"], row["status"]))
         if row["device_id"] is not None:
             copy.devices.append(
-                Device(row["device_id"], row["push_token"], row["push_status"], row["push_error"])
+                Device(
+                    row["device_id"],
+                    row["push_token"],
+                    row["push_status"],
+                    row["push_error"],
+                    live=bool(row["live"]),
+                )
             )
     return message, list(copies.values())
 
@@ -157,17 +168,17 @@ async def count_tries(
     )
 
 
-async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[str]) -> None:
-    """These copies → SENT (forward only), sent_at now. A copy a receipt already moved on (it
-    can arrive before the round is recorded) keeps its status and gets its sent_at, no later
-    than its delivered_at."""
+async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[str]) -> list[str]:
+    """These copies → SENT (forward only), sent_at now; the users whose copy moved. A copy a
+    receipt already moved on (it can arrive before the round is recorded) keeps its status and
+    gets its sent_at, no later than its delivered_at."""
     if not users:
-        return
+        return []
     r = ChatRecipient
     in_batch = r.user_id == any_(bindparam("users", users, type_=ARRAY(String)))
     moves = may_become(r.status, RecipientStatus.SENT)
     passed = and_(r.sent_at.is_(None), r.status.in_(PASSED_SENT))
-    await conn.execute(
+    result = await conn.execute(
         update(r)
         .where(r.message_id == message_id, in_batch, or_(moves, passed))
         .values(
@@ -175,35 +186,50 @@ async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[st
             sent_at=func.coalesce(r.sent_at, func.least(func.now(), r.delivered_at)),
             last_error=case((moves, None), else_=r.last_error),
         )
+        .returning(r.user_id, r.status)
     )
+    # Only a copy that was PENDING may become SENT: a copy SENT now is one this moved.
+    return [user for user, status in result if status == RecipientStatus.SENT.value]
+
+
+class Unconfirmed(NamedTuple):
+    """A copy the receipt deadline failed, with what its sender's event needs."""
+
+    user_id: str
+    tenant_id: str
+    conversation_id: uuid.UUID
+    sender_id: str
 
 
 async def fail_unconfirmed(
     conn: AsyncConnection, message_id: uuid.UUID, users: list[str], reason: str
-) -> int:
-    """The copies of `users` still SENT → FAILED with `reason` (the receipt deadline); how many.
-    A copy a receipt, a fetch or a read moved on is left alone."""
-    r = ChatRecipient
+) -> list[Unconfirmed]:
+    """The copies of `users` still SENT → FAILED with `reason` (the receipt deadline); those
+    that moved. A copy a receipt, a fetch or a read moved on is left alone."""
+    r, m = ChatRecipient, ChatMessage
     result = await conn.execute(
         update(r)
         .where(
             r.message_id == message_id,
             r.user_id == any_(bindparam("users", users, type_=ARRAY(String))),
             r.status == UNCONFIRMED_FROM.value,
+            m.id == r.message_id,
         )
         .values(status=RecipientStatus.FAILED.value, failed_at=func.now(), last_error=reason)
+        .returning(r.user_id, m.tenant_id, m.conversation_id, m.sender_id)
     )
-    return int(result.rowcount)
+    return [Unconfirmed(*row) for row in result]
 
 
 async def mark_failed(
     conn: AsyncConnection, message_id: uuid.UUID, reasons: dict[str, str]
-) -> None:
-    """These copies → FAILED (forward only), failed_at now, each with its reason."""
+) -> list[str]:
+    """These copies → FAILED (forward only), failed_at now, each with its reason; the users
+    whose copy moved."""
     if not reasons:
-        return
+        return []
     t = _by_user(reasons, "reason")
-    await conn.execute(
+    result = await conn.execute(
         update(ChatRecipient)
         .where(
             ChatRecipient.message_id == message_id,
@@ -211,4 +237,6 @@ async def mark_failed(
             may_become(ChatRecipient.status, RecipientStatus.FAILED),
         )
         .values(status=RecipientStatus.FAILED, failed_at=func.now(), last_error=t.c.reason)
+        .returning(ChatRecipient.user_id)
     )
+    return [user for (user,) in result]
