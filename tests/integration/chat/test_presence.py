@@ -181,8 +181,12 @@ async def test_a_live_device_is_not_pushed_and_an_all_live_recipient_is_sent(
     assert await pushes(engine, message) == {bob_laptop: "ACCEPTED", dave_phone: "ACCEPTED"}
     assert await statuses(engine, message) == dict.fromkeys(users, "SENT")
     # the receipt deadline covers the accepted pushes only: not carol, whose socket has it
-    (deadline,) = await deliveries(engine, message)
+    deadline, check = await deliveries(engine, message)
     assert deadline["payload"] == deliver_payload(message, ["bob", "dave"], confirm=True)
+    # the socket check: what bob's and carol's live sockets have not acked by then is pushed
+    assert check["payload"] == deliver_payload(
+        message, ["bob", "carol"], devices=sorted([bob_phone, carol_phone])
+    )
     sent = await one_status(engine, "SENT")
     assert copies_of(sent) == {(message, u) for u in users}
     assert await copy_xmin(engine, message, "carol") == sent.xid & XID_LOW_BITS
@@ -202,13 +206,14 @@ async def test_a_forced_round_pushes_the_given_devices_live_or_not_once(
     message = (await post(people("alice"), group))["id"]
     assert await handler.handle(deliver_payload(message, ["bob"]), {}) == "sent"
     assert gateway[0].pushed == [] and await statuses(engine, message) == {"bob": "SENT"}
-    assert await deliveries(engine, message) == []  # no push: no receipt deadline
-    # the phone's socket closed before it acked: the replica forces a push to it alone
+    (check,) = await deliveries(engine, message)  # no push: no receipt deadline; the check
+    assert check["payload"] == deliver_payload(message, ["bob"], devices=sorted([phone, laptop]))
+    # a round forced to the phone alone pushes it, though its socket is live
     forced = deliver_payload(message, ["bob"], devices=[phone])
     assert await handler.handle(forced, {}) == "sent"
     assert gateway[0].pushed == ["bob-phone"]
     assert await pushes(engine, message) == {phone: "ACCEPTED"}
-    (deadline,) = await deliveries(engine, message)
+    (_check, deadline) = await deliveries(engine, message)
     assert deadline["payload"] == deliver_payload(message, ["bob"], confirm=True)
     assert len(await status_events(engine, "SENT")) == 1  # bob was SENT already: no move
     # a device is pushed a message once, forced or not
@@ -310,3 +315,49 @@ async def test_the_receipt_deadline_tells_the_sender(
     assert await copy_xmin(engine, message, "bob") == failed.xid & XID_LOW_BITS
     assert await handler.handle(deadline, {}) == "duplicate"
     assert len(await status_events(engine, "FAILED")) == 1
+
+
+async def test_the_socket_check_pushes_what_a_live_socket_did_not_ack(
+    people: People, engine: AsyncEngine, handler: ChatDeliverHandler, gateway: tuple[Gateway, str]
+) -> None:
+    """Bob's and carol's sockets were live when the message was routed; carol's acked it, bob's
+    dropped first: when the check comes due bob's phone is pushed after all, carol's is not."""
+    group = await conversation(people("alice"), members=("bob", "carol"))
+    bob_phone = await device(people, "bob", "bob-phone")
+    carol_phone = await device(people, "carol", "carol-phone")
+    await live(engine, "bob", bob_phone)
+    await live(engine, "carol", carol_phone)
+    message = (await post(people("alice"), group))["id"]
+    assert await handler.handle(deliver_payload(message, ["bob", "carol"]), {}) == "sent"
+    assert gateway[0].pushed == []
+    (check,) = await deliveries(engine, message)
+    async with engine.begin() as conn:  # carol's socket acked; bob's socket went away
+        await conn.execute(
+            text(
+                "UPDATE chat_recipients SET status = 'DELIVERED', delivered_at = now() "
+                "WHERE message_id = :m AND user_id = 'carol'"
+            ),
+            {"m": message},
+        )
+        await conn.execute(text("DELETE FROM chat_presence WHERE user_id = 'bob'"))
+    assert await handler.handle(check["payload"], {}) == "sent"
+    assert gateway[0].pushed == ["bob-phone"]
+    assert await pushes(engine, message) == {bob_phone: "ACCEPTED"}
+    assert await statuses(engine, message) == {"bob": "SENT", "carol": "DELIVERED"}
+    (_check, deadline) = await deliveries(engine, message)  # no second check: forced rounds
+    assert deadline["payload"] == deliver_payload(message, ["bob"], confirm=True)  # write none
+    assert await handler.handle(check["payload"], {}) == "duplicate"  # pushed once
+
+
+async def test_a_socket_check_of_acked_copies_pushes_nothing(
+    people: People, engine: AsyncEngine, handler: ChatDeliverHandler, gateway: tuple[Gateway, str]
+) -> None:
+    group = await conversation(people("alice"), members=("bob",))
+    phone = await device(people, "bob", "bob-phone")
+    await live(engine, "bob", phone)
+    message = (await post(people("alice"), group))["id"]
+    assert await handler.handle(deliver_payload(message, ["bob"]), {}) == "sent"
+    (check,) = await deliveries(engine, message)
+    await call(people("bob"), "POST", f"/chat/messages/{message}/read", 200)
+    assert await handler.handle(check["payload"], {}) == "duplicate"
+    assert gateway[0].pushed == []

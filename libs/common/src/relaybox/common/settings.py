@@ -160,3 +160,10 @@ class ChatSettings(BaseModel):
         description="a device's socket counts as live this long after its replica last saw it "
         "(keep it above two realtime heartbeats): the consumer does not push to a live device",
     )
+    socket_ack_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a message a live socket was to deliver and that its user has not acked "
+        "(nor fetched, nor read) this long after the push round is pushed to that device after "
+        "all (the socket dropped, or its replica died, before the ack)",
+    )

@@ -74,8 +74,10 @@ def deliver_payload(
 
     A device with a live socket (a fresh `chat_presence` row) is not pushed: the socket delivers
     and its ack records DELIVERED. With `devices`, only those devices of the recipients are
-    pushed, live or not (the realtime service asks so when a socket closed before acking a
-    message it was handed); each device is still pushed a message at most once."""
+    pushed, live or not — the socket check: a round that left devices to their live sockets
+    writes this payload, due `RELAYBOX_CHAT__SOCKET_ACK_TIMEOUT_S` later, and a copy not acked
+    (nor fetched, nor read) by then is pushed to them after all; each device is still pushed a
+    message at most once."""
     payload: dict[str, Any] = {"messageId": message_id, "recipients": recipients}
     if confirm:
         payload["confirm"] = True

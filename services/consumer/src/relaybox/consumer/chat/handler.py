@@ -10,9 +10,12 @@ a live socket, or no device; FAILED: every device failed for good) with their se
 those copies) or, once the attempts ran out, those copies FAILED and the message dead-lettered.
 
 A device with a live socket is not pushed (the socket delivers the message and its ack records
-DELIVERED); a recipient all of whose devices are live is SENT with no receipt deadline. A
-payload with `devices` (the realtime service's, for a socket that closed before acking) pushes
-only those devices, live or not (`relaybox.consumer.chat.verdict`).
+DELIVERED); a recipient all of whose devices are live is SENT with no receipt deadline. Such a
+round also writes the socket check: a `chat.deliver` with `devices` (the live ones), due
+`RELAYBOX_CHAT__SOCKET_ACK_TIMEOUT_S` later. When it comes due, the copies still PENDING or SENT —
+no ack, fetch or read came: the socket dropped before the frame reached it, or before its ack,
+or its replica died — are pushed to those devices, live or not
+(`relaybox.consumer.chat.verdict`); acked copies are final by then and nothing is pushed.
 
 A device is pushed a message once: a round skips every device with a `chat_pushes` row. The one
 repeat left is the crash window: a process that dies between the gateway's answer and the
@@ -70,6 +73,18 @@ def _parse(payload: dict[str, Any]) -> tuple[uuid.UUID, list[str], int]:
         raise PoisonMessageError("'recipients' must be a list of user ids")
     attempt = payload.get(ATTEMPT_KEY, 1)
     return message_id, users, attempt if isinstance(attempt, int) and attempt >= 1 else 1
+
+
+def _live_devices(copies: list[Copy]) -> dict[str, list[str]]:
+    """The devices this round left to their live sockets, by recipient."""
+    live: dict[str, list[str]] = {}
+    for copy in copies:
+        devices = [
+            d.id for d in copy.devices if d.live and d.token is not None and d.pushed is None
+        ]
+        if devices:
+            live[copy.user_id] = devices
+    return live
 
 
 def _forced(payload: dict[str, Any]) -> frozenset[str] | None:
@@ -162,10 +177,13 @@ class ChatDeliverHandler(DatabaseWork):
                 raise GiveBackError("the consumer is stopping")
             return "duplicate"
         plan = self._plan(verdict, outcomes, attempt, interrupted)
+        live = _live_devices(copies) if forced is None else {}
         try:
             if verdict.accepted:
                 failpoint(f"{self.route}.after_send", self.settings.faults)
-            await self.in_tx(lambda c: self._record(c, message, verdict, plan, headers, forced))
+            await self.in_tx(
+                lambda c: self._record(c, message, verdict, plan, headers, forced, live)
+            )
         except Exception:
             if not verdict.accepted:
                 raise
@@ -207,6 +225,7 @@ class ChatDeliverHandler(DatabaseWork):
         plan: Plan,
         headers: dict[str, Any],
         forced: frozenset[str] | None = None,
+        live: dict[str, list[str]] | None = None,
     ) -> None:
         await store.insert_pushes(conn, message.id, verdict.finals)
         await store.delete_devices(conn, verdict.unregistered)
@@ -226,6 +245,18 @@ class ChatDeliverHandler(DatabaseWork):
                 ),
                 headers=carried_headers(headers),
                 delay=timedelta(seconds=self.settings.push.receipt_timeout_s),
+            )
+        if live:  # the socket check: what the live sockets have not acked by then is pushed
+            await enqueue(
+                conn,
+                routing_key=self.route,
+                payload=deliver_payload(
+                    str(message.id),
+                    sorted(live),
+                    devices=sorted(d for devices in live.values() for d in devices),
+                ),
+                headers=carried_headers(headers),
+                delay=timedelta(seconds=self.settings.chat.socket_ack_timeout_s),
             )
         if plan.outcome == "sent":
             return

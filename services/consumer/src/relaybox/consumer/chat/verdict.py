@@ -6,9 +6,9 @@ all (it waits for a client to fetch it); FAILED when every device failed for goo
 while a device still has a push to make (a retryable failure, or not tried yet). A copy can be
 SENT and unfinished at once: another of its devices is still to be pushed.
 
-A round forced to some devices (`deliver_payload(devices=…)`: sockets that closed before acking)
-pushes those alone, live or not; another device not pushed yet is left to the message's own
-rounds (neither handed on nor failed by this one), unless it is live.
+A round forced to some devices (`deliver_payload(devices=…)`: the socket check, for live sockets
+whose copy was not acked in time) pushes those alone, live or not; another device not pushed yet
+is left to the message's own rounds (neither handed on nor failed by this one), unless it is live.
 """
 
 from __future__ import annotations
