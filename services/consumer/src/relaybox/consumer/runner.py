@@ -126,6 +126,8 @@ def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = Non
         stale_parse_s=settings.stale_parse_s,
         attachment_store=open_store(settings.chat.storage),
         attachment_retention_s=settings.chat.attachment_retention_h * 3600,
+        event_retention_s=settings.chat.event_retention_h * 3600,
+        presence_ttl_s=settings.chat.presence_ttl_s,
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))
     return Consumer(
