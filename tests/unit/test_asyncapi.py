@@ -26,7 +26,7 @@ from referencing.jsonschema import DRAFT7
 
 from relaybox.common.chat import events
 from relaybox.realtime import connection, server, stream
-from relaybox.realtime.cursor import Cursor
+from relaybox.realtime.cursor import Position
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "docs" / "messenger" / "asyncapi.yaml"
@@ -364,7 +364,7 @@ def test_example_cursors_are_cursors_the_service_reads() -> None:
     assert found
     for text in found:
         # the service's own encoding (a cursor it would answer with resync raises here)
-        assert Cursor.decode(text).encode() == text
+        assert Position.decode(text).encode() == text
 
 
 def test_ack_limit_is_the_services() -> None:

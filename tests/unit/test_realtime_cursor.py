@@ -1,16 +1,13 @@
-"""The resume cursor and the stream position it carries."""
+"""The stream position and the resume cursor that carries it."""
 
 from __future__ import annotations
 
 import base64
 import json
-from unittest.mock import MagicMock
 
 import pytest
 
-from relaybox.common.auth import Caller
-from relaybox.realtime.connection import Connection
-from relaybox.realtime.cursor import BadCursorError, Cursor
+from relaybox.realtime.cursor import BadCursorError, Position
 
 
 def raw(body: object) -> str:
@@ -18,9 +15,10 @@ def raw(body: object) -> str:
 
 
 def test_a_cursor_round_trips() -> None:
-    cursor = Cursor(900, 3, ((7, 900), (9, 901)))
-    assert Cursor.decode(cursor.encode()) == cursor
-    assert "=" not in cursor.encode()
+    position = Position((900, 3), frozenset({880, 899}), {7: 900, 9: 905})
+    text = position.encode()
+    assert Position.decode(text) == position
+    assert "=" not in text
 
 
 @pytest.mark.parametrize(
@@ -34,38 +32,63 @@ def test_a_cursor_round_trips() -> None:
         raw({"v": 1, "x": True, "s": []}),
         raw({"v": 1, "x": 5, "s": [[1]]}),
         raw({"v": 1, "x": 5, "s": [["1", 6]]}),
-        raw({"v": 1, "x": 5, "i": 2, "s": [[1, 5]]}),  # before its own checkpoint
+        raw({"v": 1, "x": 5, "p": "no"}),
+        raw({"v": 1, "x": 5, "p": [-3]}),
         raw({"v": 1, "x": 5, "s": "no"}),
     ],
 )
 def test_anything_else_is_a_bad_cursor(text: str) -> None:
     with pytest.raises(BadCursorError):
-        Cursor.decode(text)
+        Position.decode(text)
 
 
-def connection() -> Connection:
-    return Connection(MagicMock(), Caller("alice", "acme", frozenset()), None, send_buffer=4)
+def test_an_event_is_covered_once_sent_or_passed() -> None:
+    at = Position((100, 0))
+    assert at.covered(5, 99)  # before the point: the client has it
+    assert not at.covered(7, 100)
+    at.record(7, 100)
+    assert at.covered(7, 100)  # a duplicate publish
+    at.record(8, 104)
+    assert at.merge((103, 0), ())
+    assert at.sent == {8: 104}  # 7 is behind the point now
+    assert not at.merge((102, 0), ())  # never backwards
+    assert Position.decode(at.encode()) == Position((103, 0), frozenset(), {8: 104})
 
 
-def test_an_event_is_sent_once_and_a_checkpoint_forgets_what_it_passed() -> None:
-    conn = connection()
-    conn.replaying = False
-    conn.start_at(Cursor(100))
-    assert conn.frame("read", 5, 99, {}) is None  # before the position: the client has it
-    first = conn.frame("read", 7, 100, {})
-    assert first is not None
-    assert conn.frame("read", 7, 100, {}) is None  # a duplicate publish
-    conn.frame("read", 8, 104, {})
-    assert conn.advance((103, 0))
-    assert conn.sent == {8: 104}
-    assert not conn.advance((102, 0))  # never backwards
-    assert Cursor.decode(conn.cursor()) == Cursor(103, 0, ((8, 104),))
+def test_a_running_transaction_stays_owed_until_a_checkpoint_sees_it_end() -> None:
+    """Transaction 50 was running at the checkpoint (pending): its events, ordered before the
+    point, are still owed; the next checkpoint that no longer lists it settles them."""
+    at = Position((40, 0))
+    at.merge((60, 0), {50, 55})
+    assert at.pending == {50, 55}
+    assert not at.covered(1, 50)
+    assert at.covered(2, 51)
+    at.record(3, 50)  # 50 committed: its event came live
+    assert at.covered(3, 50)
+    at.merge((70, 0), {55, 65})  # 50 ended: done; 55 still runs; 65 is new
+    assert at.pending == {55, 65}
+    assert at.sent == {}
+    at.merge((58, 0), ())  # an older checkpoint that saw 55 end: it is done too
+    assert at.pending == {65}
+    assert at.point == (70, 0)
 
 
-def test_a_position_inside_one_transaction_splits_its_events() -> None:
-    conn = connection()
-    conn.start_at(Cursor(50))
-    conn.advance((60, 10))
-    assert conn.covered(9, 60)
-    assert not conn.covered(10, 60)
-    assert not conn.covered(11, 60)
+def test_a_long_transaction_keeps_the_cursor_short() -> None:
+    """However many events flow while one transaction runs, the cursor holds only what came
+    since the last checkpoint, and the running transaction."""
+    at = Position((10, 0))
+    for n in range(1000):
+        xid = 20 + n
+        at.record(n, xid)
+        at.merge((xid + 1, 0), {15})  # 15 runs all along
+    assert at.pending == {15}
+    assert len(at.sent) == 0
+    assert len(at.encode()) < 80
+
+
+def test_a_point_inside_one_transaction_splits_its_events() -> None:
+    at = Position((50, 0))
+    at.merge((60, 10), ())
+    assert at.covered(9, 60)
+    assert not at.covered(10, 60)
+    assert not at.covered(11, 60)

@@ -153,6 +153,8 @@ async def test_a_client_away_across_10000_events_gets_them_all_in_order_then_liv
         got: list[dict[str, Any]] = await again.events(10_000, timeout=120)
         assert [e["eventId"] for e in got] == expected
         await again.until(lambda f: f["type"] == "live")
-        assert max(len(e["cursor"]) for e in got) < 200  # the position moves with the replay
+        # the position moves with the replay: the cursor holds the transactions running, not
+        # the events sent
+        assert max(len(e["cursor"]) for e in got) < 2000
         live = await write_event(engine, ["alice"])
         assert [e["eventId"] for e in await again.events(1)] == [live]

@@ -1,9 +1,6 @@
-"""One client socket: its position in the stream, and its bounded send buffer.
-
-The position is what the cursor says (`relaybox.realtime.cursor`): every event ordered before
-`position` (by `(xid, id)`) was sent, and so were the events in `sent` (id → xid). An event is
-sent once: whatever is already covered — by the replay, a live copy, a duplicate publish — is
-dropped (`covered`).
+"""One client socket: its position in the stream (`relaybox.realtime.cursor.Position`), and
+its bounded send buffer. An event is sent once: whatever the position covers already — by the
+replay, a live copy, a duplicate publish — is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from relaybox.common.auth import Caller
 from relaybox.realtime import metrics
-from relaybox.realtime.cursor import Cursor
+from relaybox.realtime.cursor import Position
 
 TOO_SLOW = 4008
 RESTART = 1012
@@ -54,14 +51,12 @@ class Connection:
         self.user = caller.id
         self.device = device
         self.bound_generation = -1  # the replica's marker generation when its binding was made
-        self.position = (0, 0)
-        self.sent: dict[int, int] = {}
+        self.at = Position()
         self.replaying = True
         self.backlog: list[dict[str, Any]] = []
         self.closing = False
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=send_buffer)
         self._checkpointed_at = time.monotonic()
-        self._checkpoint_x = 0
         self._writer: asyncio.Task[None] | None = None
 
     # -- position ---------------------------------------------------------------------------
@@ -71,33 +66,16 @@ class Connection:
         return (self.tenant, self.user)
 
     def cursor(self) -> str:
-        x, i = self.position
-        return Cursor(x, i, tuple(sorted(self.sent.items()))).encode()
-
-    def start_at(self, cursor: Cursor) -> None:
-        self.position = cursor.position
-        self.sent = dict(cursor.sent)
-
-    def covered(self, event_id: int, xid: int) -> bool:
-        return (xid, event_id) < self.position or event_id in self.sent
-
-    def advance(self, position: tuple[int, int]) -> bool:
-        """Everything ordered before `position` was sent: forget the ids there. True if the
-        position moved."""
-        if position <= self.position:
-            return False
-        self.position = position
-        self.sent = {i: v for i, v in self.sent.items() if (v, i) >= position}
-        return True
+        return self.at.encode()
 
     # -- sending ----------------------------------------------------------------------------
 
     def frame(self, kind: str, event_id: int, xid: int, data: Any) -> dict[str, Any] | None:
         """The event's frame for this client (recording it sent), or None if it had it."""
-        if self.covered(event_id, xid):
+        if self.at.covered(event_id, xid):
             metrics.DUPLICATES.inc()
             return None
-        self.sent[event_id] = xid
+        self.at.record(event_id, xid)
         return {"type": kind, "eventId": event_id, "cursor": self.cursor(), "data": data}
 
     def offer_live(self, event: dict[str, Any]) -> None:
@@ -133,16 +111,16 @@ class Connection:
         await self._queue.put(dumps(frame))
         metrics.FRAMES.labels(frame["type"]).inc()
 
-    def checkpoint(self, horizon: int) -> None:
-        """Advance past every transaction below `horizon`; tell the client when ids were
-        forgotten, or now and then when idle."""
+    def checkpoint(self, horizon: int, pending: frozenset[int]) -> None:
+        """A marker came back: every event of the transactions below `horizon` but `pending`
+        was sent. Tell the client when that let ids go, or now and then when idle."""
         if self.replaying:
-            return  # the replay may still owe events below it (a marker counts once it is over)
-        had_ids = bool(self.sent)
-        if not self.advance((horizon, 0)):
+            return  # the replay may still owe such events (a marker counts once it is over)
+        had_ids = bool(self.at.sent)
+        if not self.at.merge((horizon, 0), pending):
             return
         now = time.monotonic()
-        if (had_ids and len(self.sent) == 0) or now - self._checkpointed_at > IDLE_CHECKPOINT_S:
+        if (had_ids and not self.at.sent) or now - self._checkpointed_at > IDLE_CHECKPOINT_S:
             self._checkpointed_at = now
             self.send_now({"type": "checkpoint", "cursor": self.cursor()})
 

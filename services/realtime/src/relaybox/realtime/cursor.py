@@ -1,10 +1,18 @@
-"""The resume cursor: a checkpoint and the events sent after it (docs/messenger/stream.md).
+"""Where a client is in its stream, and the resume cursor that writes it down
+(docs/messenger/stream.md explains why this never skips a late commit).
 
-Events are ordered by `(xid, id)`: their transaction's id, then their own. The checkpoint
-`(x, i)` is a position in that order: every event the user may see that is ordered before it was
-sent. `s` lists the events sent that are ordered at or after it, as `[id, xid]` pairs (the xid
-tells when a later checkpoint passes them). A cursor is opaque to clients:
-`base64url(JSON {"v": 1, "x": …, "i": …, "s": [[id, xid], …]})`.
+Events are ordered by `(xid, id)`: their transaction's id, then their own. A position says which
+events the client has:
+- every event ordered before `point` — except those of the transactions in `pending`, which were
+  still running when the position was taken (they may commit later, with events ordered before
+  it);
+- and every event listed in `sent` (id → xid): events sent that the first rule does not cover
+  yet (delivered live ahead of the point, or written by a pending transaction).
+
+Checkpoints move `point` forward and empty `pending` and `sent`: both stay as short as the
+number of transactions running at once and the events of one checkpoint interval, however long
+any transaction runs. A cursor is opaque to clients:
+`base64url(JSON {"v": 1, "x": …, "i": …, "p": [xid, …], "s": [[id, xid], …]})`.
 """
 
 from __future__ import annotations
@@ -12,35 +20,69 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 VERSION = 1
-MAX_IDS = 100_000
+MAX_ITEMS = 100_000
 
 
 class BadCursorError(ValueError):
     """Not a cursor this service wrote."""
 
 
-@dataclass(frozen=True)
-class Cursor:
-    x: int
-    i: int = 0
-    sent: tuple[tuple[int, int], ...] = ()
+@dataclass
+class Position:
+    point: tuple[int, int] = (0, 0)
+    pending: frozenset[int] = frozenset()
+    sent: dict[int, int] = field(default_factory=dict)
 
-    @property
-    def position(self) -> tuple[int, int]:
-        return (self.x, self.i)
+    def covered(self, event_id: int, xid: int) -> bool:
+        """True if the client has this event."""
+        if event_id in self.sent:
+            return True
+        return (xid, event_id) < self.point and xid not in self.pending
+
+    def record(self, event_id: int, xid: int) -> None:
+        self.sent[event_id] = xid
+
+    def merge(self, point: tuple[int, int], pending: Iterable[int]) -> bool:
+        """Add what a checkpoint proves: every event before `point` was sent except those of
+        the transactions in `pending`. Returns True if anything was forgotten or moved."""
+        theirs = frozenset(pending)
+        before = (self.point, self.pending, len(self.sent))
+        if point > self.point:
+            # below our point only our pending transactions were missing; above it theirs
+            self.pending = frozenset(x for x in theirs if x in self.pending or x >= self.point[0])
+            self.point = point
+        else:
+            # our pending transactions that finished before their point are done
+            self.pending = frozenset(x for x in self.pending if x >= point[0] or x in theirs)
+        self.sent = {
+            i: x
+            for i, x in self.sent.items()
+            if not ((x, i) < self.point and x not in self.pending)
+        }
+        return before != (self.point, self.pending, len(self.sent))
+
+    # -- the cursor -------------------------------------------------------------------------
 
     def encode(self) -> str:
         body = json.dumps(
-            {"v": VERSION, "x": self.x, "i": self.i, "s": [list(pair) for pair in self.sent]},
+            {
+                "v": VERSION,
+                "x": self.point[0],
+                "i": self.point[1],
+                "p": sorted(self.pending),
+                "s": [[i, x] for i, x in sorted(self.sent.items())],
+            },
             separators=(",", ":"),
         )
         return base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
 
     @classmethod
-    def decode(cls, text: str) -> Cursor:
+    def decode(cls, text: str) -> Position:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             body = json.loads(raw)
@@ -48,20 +90,21 @@ class Cursor:
             raise BadCursorError("not a cursor") from None
         if not isinstance(body, dict) or body.get("v") != VERSION:
             raise BadCursorError("not a cursor of this version")
-        x, i, ids = body.get("x"), body.get("i", 0), body.get("s")
-        if not isinstance(x, int) or not _is_int(x) or not isinstance(i, int) or not _is_int(i):
+        x, i = body.get("x"), body.get("i", 0)
+        pending, sent = body.get("p", []), body.get("s", [])
+        if not (isinstance(x, int) and isinstance(i, int) and _whole(x) and _whole(i)):
             raise BadCursorError("not a cursor")
-        if not isinstance(ids, list) or len(ids) > MAX_IDS:
+        if not isinstance(pending, list) or not all(_whole(p) for p in pending):
             raise BadCursorError("not a cursor")
-        pairs = []
-        for pair in ids:
-            if not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) for v in pair):
+        if not isinstance(sent, list) or len(pending) + len(sent) > MAX_ITEMS:
+            raise BadCursorError("not a cursor")
+        pairs: dict[int, int] = {}
+        for pair in sent:
+            if not isinstance(pair, list) or len(pair) != 2 or not all(_whole(v) for v in pair):
                 raise BadCursorError("not a cursor")
-            if (pair[1], pair[0]) < (x, i):
-                raise BadCursorError("not a cursor: an event before its checkpoint")
-            pairs.append((pair[0], pair[1]))
-        return cls(x=x, i=i, sent=tuple(pairs))
+            pairs[pair[0]] = pair[1]
+        return cls((x, i), frozenset(pending), pairs)
 
 
-def _is_int(value: object) -> bool:
+def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

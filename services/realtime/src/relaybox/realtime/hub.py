@@ -2,10 +2,10 @@
 
 - Events arrive on the topic exchange `relaybox.chat.events`, routed by the `BCC` user keys
   the writer set; each arriving message lists its users in `to`, and goes to their sockets.
-- Checkpoints: now and then the replica computes the horizon H (`Store.horizon`) and sends a
-  marker to its own queue. The queue is FIFO, so when the marker comes back every event below
-  H that was routed here has been handed to its sockets; the sockets bound before H was
-  computed then advance to H.
+- Checkpoints: now and then the replica computes the horizon H and the transactions below it
+  still running (`Store.horizon`), and sends a marker to its own queue. The queue is FIFO, so
+  when the marker comes back every event of the ended transactions below H that was routed here
+  has been handed to its sockets; the sockets bound before H was computed then move there.
 - A lost broker connection loses what was routed meanwhile: every socket is closed with 1012
   (clients resume elsewhere, from PostgreSQL) and the hub reconnects.
 """
@@ -192,12 +192,13 @@ class Hub:
 
     def _on_marker(self, marker: dict[str, Any]) -> None:
         generation, horizon = marker["generation"], marker["horizon"]
+        pending = frozenset(marker["pending"])
         if self._marker_out is not None and self._marker_out[0] == generation:
             self._marker_out = None
         metrics.CHECKPOINTS.inc()
         for conn in self.all_connections():
             if conn.bound_generation < generation:
-                conn.checkpoint(horizon)
+                conn.checkpoint(horizon, pending)
 
     async def _checkpoints(self) -> None:
         while True:
@@ -220,15 +221,15 @@ class Hub:
         self._changed = False
         self.generation += 1
         generation = self.generation
-        horizon = await self._store.horizon()
-        if horizon is None:
-            return
+        horizon, pending = await self._store.horizon()
         assert self._channel is not None
         self._marker_out = (generation, now)
         self._last_marker = now
         await self._channel.default_exchange.publish(
             aio_pika.Message(
-                body=json.dumps({"generation": generation, "horizon": horizon}).encode(),
+                body=json.dumps(
+                    {"generation": generation, "horizon": horizon, "pending": sorted(pending)}
+                ).encode(),
                 type=MARKER,
             ),
             routing_key=self.queue_name,

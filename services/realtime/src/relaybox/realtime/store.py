@@ -14,27 +14,37 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.chat.delivery import RecipientStatus
 from relaybox.common.chat.events import Move, record_statuses
 
-XMIN = text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
-"""The oldest transaction still running: every transaction below it has ended."""
+SNAPSHOT = text(
+    "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax, "
+    "ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip"
+)
+"""Now: every transaction below `xmax` but those in `xip` (still running) has ended."""
 
 HORIZON = text(
-    "SELECT LEAST((pg_snapshot_xmin(pg_current_snapshot())::text)::bigint, "
-    "(SELECT min(xid) FROM outbox WHERE xid IS NOT NULL)) AS horizon"
+    """
+SELECT LEAST(s.xmax, (SELECT min(xid) FROM outbox WHERE xid IS NOT NULL)) AS horizon,
+       ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(s.snapshot) x) AS pending
+FROM (SELECT pg_current_snapshot() AS snapshot,
+             (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax) s
+"""
 )
-"""The checkpoint bound: below the oldest running transaction (nothing can still commit
-there) and below the oldest event whose outbox row is not yet published (everything below has
-been routed to the replicas' queues)."""
+"""The checkpoint: every transaction below the horizon has ended but those pending, and every
+event of those ended has been published — the horizon is below the oldest event whose outbox
+row is still there — so it was routed to the replicas' queues."""
 
 REPLAY = text(
     """
-WITH snapshot AS (SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint AS xmin)
-SELECT snapshot.xmin, e.id, e.xid, e.kind, e.payload
+WITH snapshot AS (
+    SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
+           ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
+)
+SELECT snapshot.xmax, snapshot.xip, e.id, e.xid, e.kind, e.payload
 FROM snapshot
 LEFT JOIN LATERAL (
     SELECT e.id, e.xid, e.kind, e.payload
     FROM chat_events e
     WHERE e.tenant_id = :tenant
-      AND (e.xid, e.id) >= (:start_xid, :start_id)
+      AND ((e.xid, e.id) >= (:start_xid, :start_id) OR e.xid = ANY(CAST(:pending AS bigint[])))
       AND (e.xid, e.id) > (:after_xid, :after_id)
       AND NOT (e.id = ANY(CAST(:skip AS bigint[])))
       AND (
@@ -54,8 +64,8 @@ LEFT JOIN LATERAL (
 ) e ON true
 """
 )
-"""One page of the events after a cursor that `user` may see, in (xid, id) order, with the
-snapshot's xmin (below it, every event this snapshot shows is final)."""
+"""One page of the events a position does not cover that `user` may see, in (xid, id) order,
+with the page's snapshot (xmax and the transactions still running)."""
 
 SWEPT = text("SELECT swept_xid FROM chat_stream_state WHERE id = 1")
 
@@ -105,8 +115,19 @@ back with their sender, who is told."""
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """Every transaction below `xmax` but those in `running` has ended."""
+
+    xmax: int
+    running: frozenset[int]
+
+    def final(self, xid: int) -> bool:
+        return xid < self.xmax and xid not in self.running
+
+
+@dataclass(frozen=True)
 class Page:
-    xmin: int
+    snapshot: Snapshot
     rows: list[Any]
 
 
@@ -114,14 +135,15 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def horizon(self) -> int | None:
+    async def horizon(self) -> tuple[int, frozenset[int]]:
         async with self.engine.connect() as conn:
-            value = (await conn.execute(HORIZON)).scalar()
-        return None if value is None else int(value)
+            row = (await conn.execute(HORIZON)).one()
+        return int(row.horizon), frozenset(x for x in row.pending if x < row.horizon)
 
-    async def xmin(self) -> int:
+    async def snapshot(self) -> Snapshot:
         async with self.engine.connect() as conn:
-            return int((await conn.execute(XMIN)).scalar_one())
+            row = (await conn.execute(SNAPSHOT)).one()
+        return Snapshot(int(row.xmax), frozenset(row.xip))
 
     async def swept_xid(self) -> int:
         async with self.engine.connect() as conn:
@@ -134,6 +156,7 @@ class Store:
         tenant: str,
         user: str,
         start: tuple[int, int],
+        pending: Sequence[int],
         after: tuple[int, int],
         skip: Sequence[int],
         page: int,
@@ -147,6 +170,7 @@ class Store:
                         "user": user,
                         "start_xid": start[0],
                         "start_id": start[1],
+                        "pending": list(pending),
                         "after_xid": after[0],
                         "after_id": after[1],
                         "skip": list(skip),
@@ -154,8 +178,8 @@ class Store:
                     },
                 )
             ).all()
-        xmin = int(rows[0].xmin)
-        return Page(xmin, [row for row in rows if row.id is not None])
+        snapshot = Snapshot(int(rows[0].xmax), frozenset(rows[0].xip))
+        return Page(snapshot, [row for row in rows if row.id is not None])
 
     async def use_ticket(self, jti: str, expires_at: Any) -> bool:
         async with self.engine.begin() as conn:

@@ -5,8 +5,9 @@ Why nothing is skipped or sent twice (docs/messenger/stream.md has the argument 
 - the user's live events are routed here (`Hub.attach`) *before* the replay's first snapshot,
   so an event committed after that snapshot arrives live, and one committed before it is in the
   replay; live events are held until the replay is over, then those it covered are dropped;
-- the replay reads in `(xid, id)` order; below the first page's snapshot xmin every event is
-  final, so the position advances past an event there as it is sent, and to that xmin at the end.
+- the replay reads in `(xid, id)` order; an event whose transaction had ended at the first
+  page's snapshot is final, and so is every such event before it: the position moves past them
+  as they are sent, keeping the transactions still running then as pending.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 from relaybox.realtime import metrics
 from relaybox.realtime.acks import AckWriter
 from relaybox.realtime.connection import Connection
-from relaybox.realtime.cursor import BadCursorError, Cursor
-from relaybox.realtime.store import Store
+from relaybox.realtime.cursor import BadCursorError, Position
+from relaybox.realtime.store import Snapshot, Store
 
 log = logging.getLogger(__name__)
 MAX_ACK_IDS = 1000
@@ -44,33 +45,34 @@ class Streams:
         conn.replaying = True
         conn.backlog = []
         resync: str | None = None
-        cursor: Cursor | None = None
+        position: Position | None = None
         if cursor_text:
             try:
-                cursor = Cursor.decode(cursor_text)
+                position = Position.decode(cursor_text)
             except BadCursorError:
                 resync = "malformed"
             else:
                 swept = await self._store.swept_xid()
-                if swept and cursor.x <= swept:
+                if swept and position.point[0] <= swept:
                     resync = "retention"
-                    cursor = None
+                    position = None
         hello: dict[str, Any] = {
             "type": "hello",
             "connectionId": str(conn.id),
             "heartbeatS": self._heartbeat_s,
         }
-        if cursor is None:
-            conn.start_at(Cursor(await self._store.xmin()))  # (xmin, 0): the events after now
-            await self._replay(conn, silent=True)
+        if position is None:
+            # now: the events of every transaction that has ended are the past
+            now = await self._store.snapshot()
+            conn.at = Position((now.xmax, 0), now.running)
             await conn.send({**hello, "cursor": conn.cursor()})
             if resync:
                 metrics.RESYNCS.labels(resync).inc()
                 await conn.send({"type": "resync", "cursor": conn.cursor(), "reason": resync})
         else:
-            conn.start_at(cursor)
+            conn.at = position
             await conn.send({**hello, "cursor": cursor_text})
-            await self._replay(conn, silent=False)
+            await self._replay(conn)
         conn.replaying = False
         conn.send_now({"type": "live", "cursor": conn.cursor()})
         backlog, conn.backlog = conn.backlog, []
@@ -78,37 +80,36 @@ class Streams:
             conn.offer_live(event)
         metrics.REPLAY_SECONDS.observe(time.perf_counter() - started)
 
-    async def _replay(self, conn: Connection, *, silent: bool) -> None:
-        skip = list(conn.sent)
+    async def _replay(self, conn: Connection) -> None:
+        start, pending, skip = conn.at.point, sorted(conn.at.pending), list(conn.at.sent)
         after = (0, 0)
-        start = conn.position
-        first_xmin: int | None = None
+        first: Snapshot | None = None
         while True:
             page = await self._store.replay_page(
                 tenant=conn.tenant,
                 user=conn.user,
                 start=start,
+                pending=pending,
                 after=after,
                 skip=skip,
                 page=self._page,
             )
-            if first_xmin is None:
-                first_xmin = page.xmin
+            first = first or page.snapshot
             for row in page.rows:
                 xid, event_id = int(row.xid), int(row.id)
-                if xid < first_xmin:
-                    # below the first snapshot's xmin every event is final and was in the pages
-                    # so far: all those ordered before this one were sent
-                    conn.advance((xid, event_id))
+                if first.final(xid):
+                    # every event before it of a transaction ended at the first snapshot was
+                    # visible to every page so far, so it was sent
+                    conn.at.merge((xid, event_id), (x for x in first.running if x < xid))
                 frame = conn.frame(row.kind, event_id, xid, row.payload)
-                if frame is not None and not silent:
+                if frame is not None:
                     await conn.send(frame)
                     metrics.REPLAYED.inc()
                 after = (xid, event_id)
             if len(page.rows) < self._page:
                 break
-        if first_xmin is not None:
-            conn.advance((first_xmin, 0))
+        if first is not None:
+            conn.at.merge((first.xmax, 0), first.running)
 
     async def on_frame(self, conn: Connection, raw: str | bytes) -> None:
         """One client frame; a bad one is answered with an `error` frame."""
