@@ -15,6 +15,7 @@ from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
 from relaybox.common.chat.events import record
 from relaybox.publisher.relay import Relay
+from relaybox.realtime.cursor import Position
 from tests.integration.chat.conftest import TENANT
 from tests.integration.chat.realtime.conftest import Replicas, opened, write_event
 
@@ -223,3 +224,25 @@ async def test_a_slow_client_is_closed_with_4008_and_the_others_are_unaffected(
         await resumed.until(lambda f: f["type"] == "live", timeout=30)
         assert set(slow.event_ids) | set(resumed.event_ids) >= set(ids)
         assert not set(slow.event_ids) & set(resumed.event_ids)
+
+
+async def test_a_long_transaction_elsewhere_does_not_grow_the_cursors(
+    replicas: Replicas, engine: AsyncEngine, token: Any
+) -> None:
+    """A transaction holding an xid open (a migration, a report, a session idle in a
+    transaction) is pending in the cursors; the events sent meanwhile are not listed."""
+    replica = await replicas()
+    async with opened(replica.port, token=token("alice")) as alice, engine.connect() as other:
+        await alice.until(lambda f: f["type"] == "live")
+        transaction = await other.begin()
+        (held,) = (await other.execute(text("SELECT (pg_current_xact_id()::text)::bigint"))).one()
+        for n in range(100):
+            await write_event(engine, ["alice"], data={"n": n})
+        await alice.events(100)
+        checkpoint = await alice.until(
+            lambda f: f["type"] == "checkpoint" and held in Position.decode(f["cursor"]).pending
+        )
+        position = Position.decode(checkpoint["cursor"])
+        assert position.sent == {}
+        assert len(checkpoint["cursor"]) < 500
+        await transaction.rollback()
