@@ -21,6 +21,9 @@ from bench import (
     e2e_latency,
     mailing_ingest,
     rate_precision,
+    realtime_connections,
+    realtime_latency,
+    realtime_storm,
     relay,
     webhook_ingest,
 )
@@ -36,6 +39,9 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "chat_history": lambda quick: chat_history.run(quick=quick),
     "chat_inbox": lambda quick: chat_inbox.run(quick=quick),
     "chat_fanout": lambda quick: chat_fanout.run(quick=quick),
+    "realtime_connections": lambda quick: realtime_connections.run(quick=quick),
+    "realtime_latency": lambda quick: realtime_latency.run(quick=quick),
+    "realtime_storm": lambda quick: realtime_storm.run(quick=quick),
 }
 
 

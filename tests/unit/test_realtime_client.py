@@ -483,6 +483,7 @@ async def test_the_next_url_is_tried_when_one_fails() -> None:
     ):
         assert client.url == fake.url
         assert client.stats.failed_attempts == 1
+        assert client.stats.backoff_s == 0  # the next replica is tried at once
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:

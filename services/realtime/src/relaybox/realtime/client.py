@@ -156,6 +156,12 @@ def _subject(token: str) -> str | None:
     return None
 
 
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__
+
+
 class Seen:
     """The event ids handed out that may still come again: every id since the last
     checkpoint, plus the newest `keep` ids (bounded however long the client runs)."""
@@ -192,6 +198,8 @@ class Stats:
     disconnects: int = 0
     failed_attempts: int = 0
     """Handshakes (or ticket requests) that failed and were retried."""
+    failures: Counter[str] = field(default_factory=Counter)
+    """Those failures by kind (`TimeoutError`, `InvalidStatus 503`, `ConnectionRefusedError`)."""
     events: int = 0
     """Events handed to the application (duplicates excluded)."""
     duplicates: int = 0
@@ -204,6 +212,10 @@ class Stats:
     backoff_s: float = 0.0
     """Total time spent waiting between attempts."""
     last_backoff_s: float = 0.0
+    connected_at: float | None = None
+    """`time.monotonic()` when the newest socket was greeted."""
+    disconnected_at: float | None = None
+    """`time.monotonic()` when the newest socket closed."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,8 @@ class StreamClient:
     """One user's (or device's) stream: see the module's docstring.
 
     `url`: `ws://host:3100/chat/stream` (or several replicas' URLs, tried in turn).
+    `open_timeout_s` bounds the handshake (TCP, HTTP upgrade), `hello_timeout_s` the wait for
+    the first frame after it.
     `token`: a bearer token (offered as subprotocols), or `tickets`: a callable returning a fresh
     ticket (`ticket_source`). `device_id`: a device registered with `POST /chat/devices` (not
     pushed while connected). `cursor`: resume after it (from an earlier `cursor`).
@@ -242,6 +256,7 @@ class StreamClient:
         max_backoff_s: float = 5.0,
         base_backoff_s: float = BASE_BACKOFF_S,
         open_timeout_s: float = 10.0,
+        hello_timeout_s: float = 30.0,
         read_ahead: int = 256,
         remember: int = 5000,
         compression: str | None = None,
@@ -264,6 +279,7 @@ class StreamClient:
         self.max_backoff_s = max_backoff_s
         self.base_backoff_s = base_backoff_s
         self.open_timeout_s = open_timeout_s
+        self.hello_timeout_s = hello_timeout_s
         self._compression = compression
         self._rng = rng or random.Random()
         self.stats = Stats()
@@ -450,6 +466,7 @@ class StreamClient:
 
     async def _run(self) -> None:
         delays = self._delays()
+        others = len(self._urls) - 1  # URLs left to try before backing off
         try:
             while not self._closed:
                 try:
@@ -464,13 +481,20 @@ class StreamClient:
                     httpx.HTTPError,
                 ) as exc:
                     self.stats.failed_attempts += 1
+                    self.stats.failures[_kind(exc)] += 1
                     log.debug("stream connect to %s failed: %r", self.url, exc)
                     self._next_url()
+                    if others > 0:  # another replica may take it now
+                        others -= 1
+                        continue
+                    others = len(self._urls) - 1
                     await self._backoff(next(delays))
                     continue
                 delays = self._delays()  # greeted: the next disconnect starts low again
+                others = len(self._urls) - 1
                 self.stats.reconnects += self.stats.connects > 0
                 self.stats.connects += 1
+                self.stats.connected_at = time.monotonic()
                 try:
                     await self._serve(ws, resume_by_frame)
                 finally:
@@ -479,6 +503,7 @@ class StreamClient:
                     self._fail_pongs()
                 if self._closed:
                     return
+                self.stats.disconnected_at = time.monotonic()
                 self.stats.disconnects += 1
                 self.stats.close_codes[ws.close_code] += 1
                 log.debug("stream %s closed: %s %s", self.url, ws.close_code, ws.close_reason)
@@ -534,7 +559,9 @@ class StreamClient:
                 raise StreamRefused(status, body) from None
             raise
         try:
-            async with asyncio.timeout(self.open_timeout_s):
+            # Upgraded: the server is working on this stream (routing, maybe a replay), so the
+            # wait for its hello is longer than the handshake's (giving up would waste it).
+            async with asyncio.timeout(self.hello_timeout_s):
                 hello = json.loads(await ws.recv())
         except BaseException:
             await ws.close()
