@@ -127,6 +127,7 @@ class Side:
     name: str
     latencies: list[float] = field(default_factory=list)
     accepted_ms: list[float] = field(default_factory=list)
+    after_202_ms: list[float] = field(default_factory=list)  # the 202 → each frame (< 0: before)
     not_arrived: int = 0
     behind_ms: float = 0.0
     cpu_ms_per_message: dict[str, float] = field(default_factory=dict)
@@ -142,6 +143,8 @@ def collect(
         side.latencies.extend((t - load.started[i]) * 1000 for t in times)
         if i in load.accepted_ms:
             side.accepted_ms.append(load.accepted_ms[i])
+            answered = load.started[i] * 1000 + load.accepted_ms[i]
+            side.after_202_ms.extend(t * 1000 - answered for t in times)
     side.behind_ms = load.behind_ms
     side.failed = load.failed
 
@@ -359,19 +362,19 @@ def summarize(outcome: Outcome) -> Result:
                 side.not_arrived,
             ]
         )
-    if own.accepted_ms:
-        values = own.accepted_ms
-        rows.append(
-            [
-                "(POST → 202)",
-                len(values),
-                percentile(values, 50),
-                percentile(values, 90),
-                percentile(values, 99),
-                max(values),
-                "",
-            ]
-        )
+    for name, values in (("(POST → 202)", own.accepted_ms), ("(202 → frame)", own.after_202_ms)):
+        if values:
+            rows.append(
+                [
+                    name,
+                    len(values),
+                    percentile(values, 50),
+                    percentile(values, 90),
+                    percentile(values, 99),
+                    max(values),
+                    "",
+                ]
+            )
     p50, p99 = percentile(own.latencies, 50), percentile(own.latencies, 99)
     metrics: dict[str, Any] = {
         "members": outcome.members,
@@ -386,6 +389,10 @@ def summarize(outcome: Outcome) -> Result:
         "post_failures": len(own.failed),
         "accepted_p50_ms": round(median(own.accepted_ms), 2) if own.accepted_ms else None,
         "accepted_p99_ms": round(percentile(own.accepted_ms, 99), 2) if own.accepted_ms else None,
+        "after_202_p50_ms": round(median(own.after_202_ms), 2) if own.after_202_ms else None,
+        "after_202_p99_ms": (
+            round(percentile(own.after_202_ms, 99), 2) if own.after_202_ms else None
+        ),
         "behind_ms": round(own.behind_ms, 1),
         "cpu_ms_per_message": {k: round(v, 3) for k, v in own.cpu_ms_per_message.items()},
     }
