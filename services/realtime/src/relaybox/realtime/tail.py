@@ -53,8 +53,13 @@ def dev_token(
     """A bearer token for `sub` (chat scopes) signed with the configured secret; `tenant` goes
     into the tenant claim (when the claim is not `sub`; default: `sub`)."""
     settings = auth or _configured_auth()
-    expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
-    claims: dict[str, Any] = {"sub": sub, "exp": expires, "scopes": list(scopes)}
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "iat": now,  # the API's JWT middleware wants it
+        "exp": now + timedelta(seconds=ttl_s),
+        "scopes": list(scopes),
+    }
     if settings.tenant_claim != "sub":
         claims[settings.tenant_claim] = tenant or sub
     return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
