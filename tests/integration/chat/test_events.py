@@ -125,6 +125,12 @@ async def carried(engine: AsyncEngine, event: Event) -> list[str]:
     assert len(to) == len(set(to)), "each user once"
     if event.audience is not None:
         assert to == event.audience
+    async with engine.connect() as conn:  # the resume's index: the same users, in stream order
+        readers = await conn.execute(
+            text("SELECT tenant_id, user_id, xid FROM chat_event_readers WHERE event_id = :e"),
+            {"e": event.id},
+        )
+        assert sorted(tuple(r) for r in readers) == sorted((event.tenant, u, event.xid) for u in to)
     return to
 
 
@@ -612,6 +618,10 @@ async def test_the_sweeper_deletes_old_events_and_raises_the_horizon(
     assert kept == {e.id for e in written} - {e.id for e in old}
     async with engine.connect() as conn:
         horizon = await conn.scalar(text("SELECT swept_xid FROM chat_stream_state WHERE id = 1"))
+        readers = set(
+            (await conn.scalars(text("SELECT DISTINCT event_id FROM chat_event_readers"))).all()
+        )
+    assert readers == kept  # an event's readers go with it
     assert horizon == max(e.xid for e in old)
     # never lowered: a later batch of older transactions leaves it where it is
     await _age(engine, "UPDATE chat_stream_state SET swept_xid = swept_xid + 1000")

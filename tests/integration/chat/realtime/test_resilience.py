@@ -140,10 +140,13 @@ async def test_a_client_away_across_10000_events_gets_them_all_in_order_then_liv
         async with engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO chat_events (tenant_id, kind, audience, payload) "
+                    "WITH e AS (INSERT INTO chat_events (tenant_id, kind, audience, payload) "
                     "SELECT :t, 'read', CASE WHEN g % 2 = 0 THEN ARRAY['alice'] "
                     "ELSE ARRAY['bob'] END, jsonb_build_object('n', g) "
-                    "FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g"
+                    "FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g "
+                    "RETURNING id, xid, tenant_id, audience) "
+                    "INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id) "
+                    "SELECT tenant_id, audience[1], xid, id FROM e"
                 ),
                 {"t": TENANT, "lo": batch * 200, "hi": batch * 200 + 199},
             )

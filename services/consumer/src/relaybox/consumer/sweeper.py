@@ -93,6 +93,8 @@ EXPIRED_EVENTS = text(
         INSERT INTO chat_stream_state AS s (id, swept_xid)
         SELECT 1, max(xid) FROM doomed HAVING count(*) > 0
         ON CONFLICT (id) DO UPDATE SET swept_xid = GREATEST(s.swept_xid, EXCLUDED.swept_xid)
+    ), readers AS (
+        DELETE FROM chat_event_readers WHERE event_id IN (SELECT id FROM doomed)
     )
     DELETE FROM chat_events WHERE id IN (SELECT id FROM doomed)
     """

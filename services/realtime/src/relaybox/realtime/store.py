@@ -37,35 +37,39 @@ REPLAY = text(
 WITH snapshot AS (
     SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
            ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
-)
-SELECT snapshot.xmax, snapshot.xip, e.id, e.xid, e.kind, e.payload
-FROM snapshot
-LEFT JOIN LATERAL (
+),
+owed AS (
+    (SELECT r.xid, r.event_id FROM chat_event_readers r
+     WHERE r.tenant_id = :tenant AND r.user_id = :user
+       AND (r.xid, r.event_id) >= (:start_xid, :start_id)
+       AND (r.xid, r.event_id) > (:after_xid, :after_id)
+       AND NOT (r.event_id = ANY(CAST(:skip AS bigint[])))
+     ORDER BY r.xid, r.event_id
+     LIMIT :page)
+    UNION ALL
+    (SELECT r.xid, r.event_id FROM chat_event_readers r
+     WHERE r.tenant_id = :tenant AND r.user_id = :user
+       AND r.xid = ANY(CAST(:pending AS bigint[]))
+       AND (r.xid, r.event_id) < (:start_xid, :start_id)
+       AND (r.xid, r.event_id) > (:after_xid, :after_id)
+       AND NOT (r.event_id = ANY(CAST(:skip AS bigint[])))
+     ORDER BY r.xid, r.event_id
+     LIMIT :page)
+),
+page AS (
     SELECT e.id, e.xid, e.kind, e.payload
-    FROM chat_events e
-    WHERE e.tenant_id = :tenant
-      AND ((e.xid, e.id) >= (:start_xid, :start_id) OR e.xid = ANY(CAST(:pending AS bigint[])))
-      AND (e.xid, e.id) > (:after_xid, :after_id)
-      AND NOT (e.id = ANY(CAST(:skip AS bigint[])))
-      AND (
-        CAST(:user AS varchar) = ANY(e.audience)
-        OR (
-          e.kind = 'message.created'
-          AND (
-            EXISTS (SELECT 1 FROM chat_recipients r
-                    WHERE r.message_id = e.message_id AND r.user_id = :user)
-            OR EXISTS (SELECT 1 FROM chat_messages m
-                       WHERE m.id = e.message_id AND m.sender_id = :user)
-          )
-        )
-      )
-    ORDER BY e.xid, e.id
+    FROM owed JOIN chat_events e ON e.id = owed.event_id
+    ORDER BY owed.xid, owed.event_id
     LIMIT :page
-) e ON true
+)
+SELECT snapshot.xmax, snapshot.xip, page.id, page.xid, page.kind, page.payload
+FROM snapshot LEFT JOIN page ON true
+ORDER BY page.xid, page.id
 """
 )
-"""One page of the events a position does not cover that `user` may see, in (xid, id) order,
-with the page's snapshot (xmax and the transactions still running)."""
+"""One page of the events a position does not cover that `user` may see, in (xid, id) order —
+those from its point on, and those of its pending transactions — read from the user's own
+`chat_event_readers` rows; with the page's snapshot (xmax and the transactions still running)."""
 
 SWEPT = text("SELECT swept_xid FROM chat_stream_state WHERE id = 1")
 

@@ -7,9 +7,10 @@ one row per `fanout_batch` users of its audience, whose routing keys ride in the
 (RabbitMQ's sender-selected distribution: every replica bound to one of the keys gets one copy;
 the broker strips `BCC` before delivery, so the users are repeated in the body's `to`).
 
-Who sees an event is decided here, once, under the lock of the change:
-- `message.created`: the sender and the recipients of the message's copies (the row's
-  `audience` stays NULL: a resume reads the copies, which may be thousands);
+Who sees an event is decided here, once, under the lock of the change, and written as one
+`chat_event_readers` row per user (the index a resume reads):
+- `message.created`: the sender and the recipients of the message's copies (the event row's
+  `audience` stays NULL: the copies record them, and may be thousands);
 - any other kind: the users listed in `audience`.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from relaybox.common.db.models import ChatEvent
@@ -94,6 +95,13 @@ async def record(
         )
     ).one()
     event_id, xid = int(row[0]), int(row[1])
+    await session.execute(
+        text(
+            "INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id) "
+            "SELECT :tenant, reader, :xid, :event FROM unnest(CAST(:users AS varchar[])) reader"
+        ),
+        {"tenant": tenant, "xid": xid, "event": event_id, "users": users},
+    )
     for batch in _batches(users, fanout_batch):
         await enqueue(
             session,

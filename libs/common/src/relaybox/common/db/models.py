@@ -561,6 +561,20 @@ class ChatEvent(Base):
     )
 
 
+class ChatEventReader(Base):
+    """One user who may see an event (the audience, or for `message.created` the sender and the
+    copies' recipients): the index a resume reads, in stream order, for that user alone."""
+
+    __tablename__ = "chat_event_readers"
+
+    tenant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    xid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+    __table_args__ = (Index("ix_chat_event_readers_event_id", "event_id"),)  # the sweeper
+
+
 class ChatStreamTicket(Base):
     """A stream ticket that was used (a ticket connects once)."""
 

@@ -6,6 +6,8 @@ presence, and the events' retention horizon.
   that transaction's id (`pg_current_xact_id()`, as bigint): a resume serves events in
   `(xid, id)` order and checkpoints only below the oldest running transaction, so an event that
   commits late is never skipped (docs/messenger/stream.md).
+- `chat_event_readers`: who may see each event, one row per user, keyed (tenant, user, xid, id):
+  a resume reads exactly its user's events in stream order, never the tenant's.
 - `outbox.xid`: set on the rows that carry events to the realtime replicas, so a replica can
   tell which events' transactions are all published (the checkpoint's second bound).
 - `chat_stream_tickets`: the ids of used tickets (a ticket is accepted once).
@@ -54,6 +56,15 @@ def upgrade() -> None:
     op.create_index("ix_chat_events_tenant_id_xid_id", "chat_events", ["tenant_id", "xid", "id"])
     op.create_index("ix_chat_events_created_at", "chat_events", ["created_at"])
     op.create_table(
+        "chat_event_readers",
+        sa.Column("tenant_id", sa.String(255), nullable=False),
+        sa.Column("user_id", sa.String(255), nullable=False),
+        sa.Column("xid", sa.BigInteger, nullable=False),
+        sa.Column("event_id", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "user_id", "xid", "event_id"),
+    )
+    op.create_index("ix_chat_event_readers_event_id", "chat_event_readers", ["event_id"])
+    op.create_table(
         "chat_stream_tickets",
         sa.Column("jti", sa.String(64), primary_key=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -84,6 +95,7 @@ def downgrade() -> None:
     op.drop_table("chat_stream_state")
     op.drop_table("chat_presence")
     op.drop_table("chat_stream_tickets")
+    op.drop_table("chat_event_readers")
     op.drop_table("chat_events")
     op.drop_index("ix_outbox_xid", table_name="outbox")
     op.drop_column("outbox", "xid")
