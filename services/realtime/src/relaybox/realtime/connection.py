@@ -70,13 +70,17 @@ class Connection:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def frame(self, kind: str, event_id: int, xid: int, data: Any) -> dict[str, Any] | None:
-        """The event's frame for this client (recording it sent), or None if it had it."""
+    def frame(self, kind: str, event_id: int, xid: int, data_json: str) -> str | None:
+        """The event's frame for this client, as text (recording it sent), or None if it had
+        it. `data_json` is the event's data, encoded once for every socket it goes to."""
         if self.at.covered(event_id, xid):
             metrics.DUPLICATES.inc()
             return None
         self.at.record(event_id, xid)
-        return {"type": kind, "eventId": event_id, "cursor": self.cursor(), "data": data}
+        return (
+            f'{{"type":{json.dumps(kind)},"eventId":{event_id},'
+            f'"cursor":"{self.cursor()}","data":{data_json}}}'
+        )
 
     def offer_live(self, event: dict[str, Any]) -> None:
         """A live event from the broker: held during a replay, else queued (a full buffer
@@ -89,27 +93,35 @@ class Connection:
             else:
                 self.backlog.append(event)
             return
-        frame = self.frame(event["type"], event["id"], event["xid"], event["data"])
-        if frame is not None:
-            self.send_now(frame)
+        text = self.frame(event["type"], event["id"], event["xid"], event["data_json"])
+        if text is not None:
+            self.send_text_now(text, event["type"])
 
-    def send_now(self, frame: dict[str, Any]) -> None:
-        """Queue a frame without waiting; a full buffer closes the socket with 4008."""
+    def send_text_now(self, text: str, kind: str) -> None:
+        """Queue an encoded frame without waiting; a full buffer closes the socket with 4008."""
         if self.closing:
             return
         try:
-            self._queue.put_nowait(dumps(frame))
+            self._queue.put_nowait(text)
         except asyncio.QueueFull:
             self.too_slow()
             return
-        metrics.FRAMES.labels(frame["type"]).inc()
+        metrics.FRAMES.labels(kind).inc()
+
+    def send_now(self, frame: dict[str, Any]) -> None:
+        """Queue a control frame without waiting; a full buffer closes the socket with 4008."""
+        self.send_text_now(dumps(frame), frame["type"])
 
     async def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame, waiting for room (the replay's pace is the client's)."""
+        """Queue a control frame, waiting for room."""
+        await self.send_text(dumps(frame), frame["type"])
+
+    async def send_text(self, text: str, kind: str) -> None:
+        """Queue an encoded frame, waiting for room (the replay's pace is the client's)."""
         if self.closing:
             return
-        await self._queue.put(dumps(frame))
-        metrics.FRAMES.labels(frame["type"]).inc()
+        await self._queue.put(text)
+        metrics.FRAMES.labels(kind).inc()
 
     def checkpoint(self, horizon: int, pending: frozenset[int]) -> None:
         """A marker came back: every event of the transactions below `horizon` but `pending`

@@ -184,6 +184,7 @@ class Hub:
 
     def _on_event(self, event: dict[str, Any]) -> None:
         metrics.LIVE_EVENTS.inc()
+        event["data_json"] = json.dumps(event["data"], separators=(",", ":"))  # once
         self._changed = True
         tenant = event["tenant"]
         for user in event["to"]:

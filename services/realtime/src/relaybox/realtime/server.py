@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -22,7 +23,7 @@ from websockets.http11 import Request, Response
 
 from relaybox.common.auth import Caller, InvalidTokenError, verify_bearer
 from relaybox.common.chat.tickets import verify_ticket
-from relaybox.common.db.session import create_engine, dispose
+from relaybox.common.db.session import asyncpg_dsn, create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.realtime import metrics
 from relaybox.realtime.acks import AckWriter
@@ -88,22 +89,13 @@ class Replica:
 
     def __init__(self, settings: RealtimeSettings) -> None:
         self.settings = settings
-        own = settings.realtime
         self.engine = create_engine(settings.database)
-        self.store = Store(self.engine)
-        self.hub = Hub(
-            broker_url=settings.broker.url,
-            topology=Topology.from_settings(settings.broker),
-            replica=own.replica,
-            store=self.store,
-            checkpoint_interval_s=own.checkpoint_interval_s,
-        )
-        self.acks = AckWriter(
-            self.store, flush_s=own.ack_flush_s, fanout_batch=settings.chat.fanout_batch
-        )
-        self.streams = Streams(
-            self.store, self.acks, replay_page=own.replay_page, heartbeat_s=own.heartbeat_s
-        )
+        self.pool: asyncpg.Pool | None = None
+        # made by start(), on the running loop
+        self.store: Store
+        self.hub: Hub
+        self.acks: AckWriter
+        self.streams: Streams
         self._admissions: dict[int, Admission] = {}
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,7 +104,27 @@ class Replica:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        own = self.settings.realtime
+        own, database = self.settings.realtime, self.settings.database
+        self.pool = await asyncpg.create_pool(
+            asyncpg_dsn(database.url),
+            min_size=1,
+            max_size=database.pool_size + database.max_overflow,
+            max_inactive_connection_lifetime=60,
+        )
+        self.store = Store(self.engine, self.pool)
+        self.hub = Hub(
+            broker_url=self.settings.broker.url,
+            topology=Topology.from_settings(self.settings.broker),
+            replica=own.replica,
+            store=self.store,
+            checkpoint_interval_s=own.checkpoint_interval_s,
+        )
+        self.acks = AckWriter(
+            self.store, flush_s=own.ack_flush_s, fanout_batch=self.settings.chat.fanout_batch
+        )
+        self.streams = Streams(
+            self.store, self.acks, replay_page=own.replay_page, heartbeat_s=own.heartbeat_s
+        )
         await self.store.gone(own.replica)  # a previous process of the same name
         await self.hub.start()
         self._tasks.append(asyncio.create_task(self.acks.run()))
@@ -162,11 +174,15 @@ class Replica:
         with contextlib.suppress(Exception):
             await self.store.gone(own.replica)
         await self.hub.close()
+        if self.pool is not None:
+            await self.pool.close()
         await dispose(self.engine)
         log.info("realtime replica stopped", extra={"replica": own.replica})
 
     def ready(self) -> bool:
-        return not self.stopping and self.hub.ready.is_set()
+        """Taking sockets: started, connected to the broker, not stopping."""
+        hub: Hub | None = getattr(self, "hub", None)
+        return not self.stopping and hub is not None and hub.ready.is_set()
 
     async def _heartbeat(self) -> None:
         """Keep this replica's presence rows fresh (the consumer pushes to stale ones)."""
@@ -204,7 +220,7 @@ class Replica:
         return None
 
     async def _admit(self, query: dict[str, list[str]], request: Request) -> Admission:
-        if self.stopping or not self.hub.ready.is_set():
+        if not self.ready():
             raise Refused(503, "this replica is not taking sockets now: connect to another")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise Refused(426, "GET /chat/stream is a WebSocket: send an Upgrade request")

@@ -1,93 +1,97 @@
 """What the realtime service reads and writes in PostgreSQL: the replay, the checkpoint
-horizon, tickets, presence and acks. Every statement is one round trip."""
+horizon, tickets, presence and acks. Every call is one statement.
+
+The per-socket statements (a connect, a resume, presence) run on a plain asyncpg pool: a
+reconnect storm is thousands of them, and SQLAlchemy's per-statement work (and its pre-ping
+round trip) cost more than the statements. Acks write events with `relaybox.common.chat.events`,
+on the SQLAlchemy engine.
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.common.chat.delivery import RecipientStatus
 from relaybox.common.chat.events import Move, record_statuses
 
-SNAPSHOT = text(
-    "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax, "
-    "ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip"
-)
+SNAPSHOT = """
+SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
+       ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
+"""
 """Now: every transaction below `xmax` but those in `xip` (still running) has ended."""
 
-HORIZON = text(
-    """
+HORIZON = """
 SELECT LEAST(s.xmax, (SELECT min(xid) FROM outbox WHERE xid IS NOT NULL)) AS horizon,
        ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(s.snapshot) x) AS pending
 FROM (SELECT pg_current_snapshot() AS snapshot,
              (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax) s
 """
-)
 """The checkpoint: every transaction below the horizon has ended but those pending, and every
 event of those ended has been published — the horizon is below the oldest event whose outbox
 row is still there — so it was routed to the replicas' queues."""
 
-REPLAY = text(
-    """
+REPLAY = """
 WITH snapshot AS (
     SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
            ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
 ),
 owed AS (
     (SELECT r.xid, r.event_id FROM chat_event_readers r
-     WHERE r.tenant_id = :tenant AND r.user_id = :user
-       AND (r.xid, r.event_id) >= (:start_xid, :start_id)
-       AND (r.xid, r.event_id) > (:after_xid, :after_id)
-       AND NOT (r.event_id = ANY(CAST(:skip AS bigint[])))
+     WHERE r.tenant_id = $1 AND r.user_id = $2
+       AND (r.xid, r.event_id) >= ($3::bigint, $4::bigint)
+       AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
+       AND NOT (r.event_id = ANY($8::bigint[]))
      ORDER BY r.xid, r.event_id
-     LIMIT :page)
+     LIMIT $9)
     UNION ALL
     (SELECT r.xid, r.event_id FROM chat_event_readers r
-     WHERE r.tenant_id = :tenant AND r.user_id = :user
-       AND r.xid = ANY(CAST(:pending AS bigint[]))
-       AND (r.xid, r.event_id) < (:start_xid, :start_id)
-       AND (r.xid, r.event_id) > (:after_xid, :after_id)
-       AND NOT (r.event_id = ANY(CAST(:skip AS bigint[])))
+     WHERE r.tenant_id = $1 AND r.user_id = $2
+       AND r.xid = ANY($5::bigint[])
+       AND (r.xid, r.event_id) < ($3::bigint, $4::bigint)
+       AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
+       AND NOT (r.event_id = ANY($8::bigint[]))
      ORDER BY r.xid, r.event_id
-     LIMIT :page)
+     LIMIT $9)
 ),
 page AS (
-    SELECT e.id, e.xid, e.kind, e.payload
+    SELECT e.id, e.xid, e.kind, e.payload::text AS payload
     FROM owed JOIN chat_events e ON e.id = owed.event_id
     ORDER BY owed.xid, owed.event_id
-    LIMIT :page
+    LIMIT $9
 )
 SELECT snapshot.xmax, snapshot.xip, page.id, page.xid, page.kind, page.payload
 FROM snapshot LEFT JOIN page ON true
 ORDER BY page.xid, page.id
 """
-)
-"""One page of the events a position does not cover that `user` may see, in (xid, id) order —
-those from its point on, and those of its pending transactions — read from the user's own
-`chat_event_readers` rows; with the page's snapshot (xmax and the transactions still running)."""
+"""One page of the events a position does not cover that the user may see, in (xid, id)
+order — those from its point on, and those of its pending transactions — read from the user's
+own `chat_event_readers` rows; with the page's snapshot (xmax and the transactions still
+running). The data comes back as JSON text, sent on as it is."""
 
-SWEPT = text("SELECT swept_xid FROM chat_stream_state WHERE id = 1")
+SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
+SWEPT_CACHE_S = 1.0
 
-USE_TICKET = text(
-    "INSERT INTO chat_stream_tickets (jti, expires_at) VALUES (:jti, :expires_at) "
+USE_TICKET = (
+    "INSERT INTO chat_stream_tickets (jti, expires_at) VALUES ($1, $2) "
     "ON CONFLICT DO NOTHING RETURNING jti"
 )
-
-OWN_DEVICE = text(
-    "SELECT 1 FROM chat_devices WHERE id = :device AND tenant_id = :tenant AND user_id = :user"
-)
-PRESENT = text(
+OWN_DEVICE = "SELECT 1 FROM chat_devices WHERE id = $1 AND tenant_id = $2 AND user_id = $3"
+PRESENT = (
     "INSERT INTO chat_presence (connection_id, device_id, tenant_id, user_id, replica) "
-    "VALUES (:connection, :device, :tenant, :user, :replica)"
+    "VALUES ($1, $2, $3, $4, $5)"
 )
-ABSENT = text("DELETE FROM chat_presence WHERE connection_id = ANY(CAST(:connections AS uuid[]))")
-SEEN = text("UPDATE chat_presence SET seen_at = now() WHERE replica = :replica")
-GONE = text("DELETE FROM chat_presence WHERE replica = :replica")
+ABSENT = "DELETE FROM chat_presence WHERE connection_id = ANY($1::uuid[])"
+SEEN = "UPDATE chat_presence SET seen_at = now() WHERE replica = $1"
+GONE = "DELETE FROM chat_presence WHERE replica = $1"
 
 ACK = text(
     """
@@ -114,8 +118,8 @@ RETURNING r.message_id, r.conversation_id, m.sender_id, r.user_id
 """
 )
 """Acked copies move to DELIVERED (forward only: from PENDING, SENT or FAILED, as
-`relaybox.common.chat.delivery.MOVES_TO` says); the moved ones come
-back with their sender, who is told."""
+`relaybox.common.chat.delivery.MOVES_TO` says); the moved ones come back with their sender, who
+is told."""
 
 
 @dataclass(frozen=True)
@@ -136,23 +140,29 @@ class Page:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool) -> None:
         self.engine = engine
+        self.pool = pool
+        self._swept: tuple[float, int] = (0.0, 0)
 
     async def horizon(self) -> tuple[int, frozenset[int]]:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(HORIZON)).one()
-        return int(row.horizon), frozenset(x for x in row.pending if x < row.horizon)
+        row = await self.pool.fetchrow(HORIZON)
+        assert row is not None
+        horizon = int(row["horizon"])
+        return horizon, frozenset(x for x in row["pending"] if x < horizon)
 
     async def snapshot(self) -> Snapshot:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(SNAPSHOT)).one()
-        return Snapshot(int(row.xmax), frozenset(row.xip))
+        row = await self.pool.fetchrow(SNAPSHOT)
+        assert row is not None
+        return Snapshot(int(row["xmax"]), frozenset(row["xip"]))
 
     async def swept_xid(self) -> int:
-        async with self.engine.connect() as conn:
-            value = (await conn.execute(SWEPT)).scalar()
-        return int(value or 0)
+        """Events up to this xid may have been deleted (read at most once a second)."""
+        read_at, value = self._swept
+        if time.monotonic() - read_at > SWEPT_CACHE_S:
+            value = int(await self.pool.fetchval(SWEPT) or 0)
+            self._swept = (time.monotonic(), value)
+        return value
 
     async def replay_page(
         self,
@@ -165,66 +175,33 @@ class Store:
         skip: Sequence[int],
         page: int,
     ) -> Page:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    REPLAY,
-                    {
-                        "tenant": tenant,
-                        "user": user,
-                        "start_xid": start[0],
-                        "start_id": start[1],
-                        "pending": list(pending),
-                        "after_xid": after[0],
-                        "after_id": after[1],
-                        "skip": list(skip),
-                        "page": page,
-                    },
-                )
-            ).all()
-        snapshot = Snapshot(int(rows[0].xmax), frozenset(rows[0].xip))
-        return Page(snapshot, [row for row in rows if row.id is not None])
+        rows = await self.pool.fetch(
+            REPLAY, tenant, user, start[0], start[1], list(pending), after[0], after[1],
+            list(skip), page,
+        )  # fmt: skip
+        snapshot = Snapshot(int(rows[0]["xmax"]), frozenset(rows[0]["xip"]))
+        return Page(snapshot, [row for row in rows if row["id"] is not None])
 
-    async def use_ticket(self, jti: str, expires_at: Any) -> bool:
-        async with self.engine.begin() as conn:
-            return (
-                await conn.execute(USE_TICKET, {"jti": jti, "expires_at": expires_at})
-            ).first() is not None
+    async def use_ticket(self, jti: str, expires_at: datetime) -> bool:
+        return await self.pool.fetchval(USE_TICKET, jti, expires_at) is not None
 
     async def owns_device(self, tenant: str, user: str, device: uuid.UUID) -> bool:
-        async with self.engine.connect() as conn:
-            found = await conn.execute(
-                OWN_DEVICE, {"device": device, "tenant": tenant, "user": user}
-            )
-            return found.first() is not None
+        return await self.pool.fetchval(OWN_DEVICE, device, tenant, user) is not None
 
     async def present(
         self, connection: uuid.UUID, device: uuid.UUID, tenant: str, user: str, replica: str
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                PRESENT,
-                {
-                    "connection": connection,
-                    "device": device,
-                    "tenant": tenant,
-                    "user": user,
-                    "replica": replica,
-                },
-            )
+        await self.pool.execute(PRESENT, connection, device, tenant, user, replica)
 
     async def absent(self, connections: Sequence[uuid.UUID]) -> None:
         if connections:
-            async with self.engine.begin() as conn:
-                await conn.execute(ABSENT, {"connections": list(connections)})
+            await self.pool.execute(ABSENT, list(connections))
 
     async def seen(self, replica: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(SEEN, {"replica": replica})
+        await self.pool.execute(SEEN, replica)
 
     async def gone(self, replica: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(GONE, {"replica": replica})
+        await self.pool.execute(GONE, replica)
 
     async def ack(
         self, tenant: str, copies: Sequence[tuple[uuid.UUID, str]], fanout_batch: int

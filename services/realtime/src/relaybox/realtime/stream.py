@@ -96,14 +96,14 @@ class Streams:
             )
             first = first or page.snapshot
             for row in page.rows:
-                xid, event_id = int(row.xid), int(row.id)
+                xid, event_id = int(row["xid"]), int(row["id"])
                 if first.final(xid):
                     # every event before it of a transaction ended at the first snapshot was
                     # visible to every page so far, so it was sent
                     conn.at.merge((xid, event_id), (x for x in first.running if x < xid))
-                frame = conn.frame(row.kind, event_id, xid, row.payload)
-                if frame is not None:
-                    await conn.send(frame)
+                text = conn.frame(row["kind"], event_id, xid, row["payload"])
+                if text is not None:
+                    await conn.send_text(text, row["kind"])
                     metrics.REPLAYED.inc()
                 after = (xid, event_id)
             if len(page.rows) < self._page:
