@@ -23,6 +23,9 @@ from relaybox.realtime.cursor import Position
 TOO_SLOW = 4008
 RESTART = 1012
 IDLE_CHECKPOINT_S = 30.0
+QUIET_S = 1.0
+"""A `checkpoint` frame goes out once the stream has been quiet this long (while events flow,
+each event's own cursor is as compact): not one extra frame per socket per marker."""
 LIVE_BACKLOG = 10_000
 """Live events held while a replay runs; a replay that falls this far behind closes the socket
 (too slow), and the client resumes."""
@@ -57,6 +60,8 @@ class Connection:
         self.closing = False
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=send_buffer)
         self._checkpointed_at = time.monotonic()
+        self._event_sent_at = 0.0
+        self._stale = False  # the client's newest cursor is behind the position
         self._writer: asyncio.Task[None] | None = None
 
     # -- position ---------------------------------------------------------------------------
@@ -77,6 +82,8 @@ class Connection:
             metrics.DUPLICATES.inc()
             return None
         self.at.record(event_id, xid)
+        self._event_sent_at = time.monotonic()
+        self._stale = False
         return (
             f'{{"type":{json.dumps(kind)},"eventId":{event_id},'
             f'"cursor":"{self.cursor()}","data":{data_json}}}'
@@ -125,15 +132,16 @@ class Connection:
 
     def checkpoint(self, horizon: int, pending: frozenset[int]) -> None:
         """A marker came back: every event of the transactions below `horizon` but `pending`
-        was sent. Tell the client when that let ids go, or now and then when idle."""
+        was sent. Tell the client once the stream is quiet (or now and then when idle)."""
         if self.replaying:
             return  # the replay may still owe such events (a marker counts once it is over)
-        had_ids = bool(self.at.sent)
-        if not self.at.merge((horizon, 0), pending):
-            return
+        if self.at.merge((horizon, 0), pending):
+            self._stale = True
         now = time.monotonic()
-        if (had_ids and not self.at.sent) or now - self._checkpointed_at > IDLE_CHECKPOINT_S:
+        quiet = now - self._event_sent_at >= QUIET_S
+        if self._stale and (quiet or now - self._checkpointed_at > IDLE_CHECKPOINT_S):
             self._checkpointed_at = now
+            self._stale = False
             self.send_now({"type": "checkpoint", "cursor": self.cursor()})
 
     def too_slow(self) -> None:

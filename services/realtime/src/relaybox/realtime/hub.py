@@ -32,7 +32,7 @@ from relaybox.realtime.store import Store
 log = logging.getLogger(__name__)
 MARKER = "relaybox.checkpoint"
 MARKER_TIMEOUT_S = 5.0
-IDLE_MARKER_S = 5.0
+IDLE_MARKER_S = 1.0
 
 
 class Hub:
