@@ -12,7 +12,7 @@ from relaybox.common.observability.logging import configure_logging
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "tail":
-        from relaybox.realtime.tail import main as tail  # type: ignore[import-untyped,unused-ignore]
+        from relaybox.realtime.tail import main as tail
 
         return int(tail(args[1:]))
     if args and args[0] not in ("serve",):
