@@ -1,9 +1,12 @@
 """The messenger's test kit: callers of one tenant (and of others), each an API client of one
-app whose tokens name the tenant in an `org` claim."""
+app whose tokens name the tenant in an `org` claim; and a push gateway that answers by token."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +16,7 @@ from relaybox.api.app import create_app
 from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
 from tests.support.clients import BASE_URL
+from tests.support.serving import serve_app
 
 TENANT = "acme"
 People = Callable[..., httpx.AsyncClient]
@@ -49,3 +53,48 @@ async def people(chat_settings: ApiSettings, engine: AsyncEngine) -> AsyncIterat
     yield person
     for client in clients.values():
         await client.aclose()
+
+
+# --- a push gateway that answers by token (the consumer's chat.deliver in the test's loop) ------
+
+SEND_PATH = "/push/v1/messages:send"
+
+
+@dataclass
+class Gateway:
+    """A push gateway (ASGI) that answers each token as `answers` says (else accepts), and
+    records the tokens it was sent, in order."""
+
+    answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    pushed: list[str] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        token = json.loads(body)["message"]["token"]
+        self.pushed.append(token)
+        status, answer = self.answers.get(token, (200, {"name": f"projects/p/messages/{token}"}))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    app = Gateway()
+    async with serve_app(app) as url:
+        yield app, url

@@ -9,10 +9,8 @@ The handler runs in the test's loop against a small gateway that answers by push
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.chat.handler import ChatDeliverHandler
 from relaybox.consumer.errors import PoisonMessageError
 from relaybox.consumer.providers.push import PushProvider, PushSettings
-from tests.integration.chat.conftest import People
+from tests.integration.chat.conftest import SEND_PATH, Gateway, People
 from tests.integration.chat.support import call, conversation, post
 from tests.integration.chat.test_events import (
     XID_LOW_BITS,
@@ -37,51 +35,9 @@ from tests.integration.chat.test_events import (
     status_events,
 )
 from tests.support.pipeline import consumer_settings
-from tests.support.serving import serve_app
 
-SEND_PATH = "/push/v1/messages:send"
 TOO_BIG = (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "too big"}})
 UNAVAILABLE = (503, {"error": {"code": 503, "status": "UNAVAILABLE", "message": "later"}})
-
-
-@dataclass
-class Gateway:
-    """A push gateway (ASGI) that answers each token as `answers` says (else accepts), and
-    records the tokens it was sent, in order."""
-
-    answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    pushed: list[str] = field(default_factory=list)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        token = json.loads(body)["message"]["token"]
-        self.pushed.append(token)
-        status, answer = self.answers.get(token, (200, {"name": f"projects/p/messages/{token}"}))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
-    app = Gateway()
-    async with serve_app(app) as url:
-        yield app, url
 
 
 @pytest.fixture

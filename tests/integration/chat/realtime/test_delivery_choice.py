@@ -17,10 +17,10 @@ from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, ChatSettings, DatabaseSettings
 from relaybox.consumer.providers.push import PushSettings
 from relaybox.mock_meta.smtp.sink import SmtpSink
-from tests.integration.chat.conftest import TENANT, People
+from tests.integration.chat.conftest import SEND_PATH, TENANT, Gateway, People
 from tests.integration.chat.realtime.conftest import Replicas, opened
 from tests.integration.chat.support import conversation, post
-from tests.integration.chat.test_presence import SEND_PATH, Gateway, device
+from tests.integration.chat.test_presence import device
 from tests.support.pipeline import (
     Pipeline,
     consumer_settings,
@@ -28,16 +28,8 @@ from tests.support.pipeline import (
     publisher_settings,
     running_pipeline,
 )
-from tests.support.serving import serve_app
 
 CHECK_S = 1.0
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
-    app = Gateway()
-    async with serve_app(app) as url:
-        yield app, url
 
 
 @pytest.fixture
