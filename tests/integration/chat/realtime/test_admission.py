@@ -151,3 +151,19 @@ async def test_a_stopping_replica_refuses_and_closes_with_1012(
         await stopping
         await alice.ws.wait_closed()
         assert alice.ws.close_code == 1012
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(
+    replicas: Replicas, chat_settings: ApiSettings
+) -> None:
+    """The replica verifies a bearer token once and remembers it — until its `exp`."""
+    replica = await replicas()
+    token = issue_token(chat_settings, "alice", USER_SCOPES, ttl_s=2, tenant=TENANT)
+    async with opened(replica.port, token=token) as alice:
+        await alice.until(lambda f: f["type"] == "live")
+    async with opened(replica.port, token=token) as again:  # remembered
+        await again.until(lambda f: f["type"] == "live")
+    await asyncio.sleep(2.1)
+    status, body = await refused(f"ws://127.0.0.1:{replica.port}/chat/stream", ["bearer", token])
+    assert status == 401
+    assert "expired" in body.lower()

@@ -76,6 +76,11 @@ def caller_of(
 
 def verify_bearer(token: str, settings: AuthSettings) -> Caller:
     """The caller of a bearer token, or `InvalidTokenError` (bad signature, expired, claims)."""
+    return verify_bearer_until(token, settings)[0]
+
+
+def verify_bearer_until(token: str, settings: AuthSettings) -> tuple[Caller, float]:
+    """The caller of a bearer token and its expiry (a Unix time), or `InvalidTokenError`."""
     try:
         claims = jwt.decode(
             token,
@@ -89,4 +94,4 @@ def verify_bearer(token: str, settings: AuthSettings) -> Caller:
     sub = claims["sub"]
     if not isinstance(sub, str) or not sub:
         raise InvalidTokenError("Invalid token: 'sub' must be a non-empty string")
-    return caller_of(sub, claims, settings.tenant_claim)
+    return caller_of(sub, claims, settings.tenant_claim), float(claims["exp"])

@@ -130,6 +130,16 @@ class Connection:
         await self._queue.put(text)
         metrics.FRAMES.labels(kind).inc()
 
+    def owes_checkpoint(self, now: float) -> bool:
+        """Whether a marker has anything to do here: ids or pending transactions to settle, a
+        client cursor behind, or the idle checkpoint due (most sockets, most markers: no)."""
+        return bool(
+            self.at.sent
+            or self.at.pending
+            or self._stale
+            or now - self._checkpointed_at > IDLE_CHECKPOINT_S
+        )
+
     def checkpoint(self, horizon: int, pending: frozenset[int]) -> None:
         """A marker came back: every event of the transactions below `horizon` but `pending`
         was sent. Tell the client once the stream is quiet (or now and then when idle)."""

@@ -197,9 +197,11 @@ class Hub:
         if self._marker_out is not None and self._marker_out[0] == generation:
             self._marker_out = None
         metrics.CHECKPOINTS.inc()
-        for conn in self.all_connections():
-            if conn.bound_generation < generation:
-                conn.checkpoint(horizon, pending)
+        now = time.monotonic()
+        for group in self.connections.values():
+            for conn in group:
+                if conn.bound_generation < generation and conn.owes_checkpoint(now):
+                    conn.checkpoint(horizon, pending)
 
     async def _checkpoints(self) -> None:
         while True:

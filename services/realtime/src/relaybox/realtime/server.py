@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -21,7 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from relaybox.common.auth import Caller, InvalidTokenError, verify_bearer
+from relaybox.common.auth import Caller, InvalidTokenError, verify_bearer_until
 from relaybox.common.chat.tickets import verify_ticket
 from relaybox.common.db.session import asyncpg_dsn, create_engine, dispose
 from relaybox.common.messaging.topology import Topology
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 STREAM_PATH = "/chat/stream"
 READ_SCOPE = "chat:read"
 BEARER = "bearer"
+MAX_VERIFIED = 20_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Replica:
         self.acks: AckWriter
         self.streams: Streams
         self._admissions: dict[int, Admission] = {}
+        self._verified: dict[str, tuple[float, Caller]] = {}
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -234,7 +237,7 @@ class Replica:
                     raise Refused(401, "the ticket was used already: get a new one")
                 caller = verified.caller
             elif token:
-                caller = verify_bearer(token, auth)
+                caller = self._bearer(token)
             else:
                 raise Refused(
                     401,
@@ -254,6 +257,18 @@ class Replica:
             if not await self.store.owns_device(caller.tenant, caller.id, device):
                 raise Refused(400, "'device' is not one of your devices: POST /chat/devices")
         return Admission(caller, device, _first(query, "cursor"))
+
+    def _bearer(self, token: str) -> Caller:
+        """The caller of a bearer token, verified once per token until it expires (a client
+        reconnects with the same token: a reconnect storm verifies nothing twice)."""
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[0]:
+            return known[1]
+        caller, expires = verify_bearer_until(token, self.settings.auth)
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.pop(next(iter(self._verified)))  # the oldest
+        self._verified[token] = (expires, caller)
+        return caller
 
     # -- a socket ---------------------------------------------------------------------------
 
