@@ -23,11 +23,11 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import insert, text
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from relaybox.common.db.models import ChatEvent
-from relaybox.common.outbox import EVENTS, enqueue
+from relaybox.common.outbox import EVENTS, NOTIFY_CHANNEL
 
 ROUTING_KEY = "chat.event"
 """The outbox rows' own routing key (bound to no queue: the BCC keys route them)."""
@@ -66,6 +66,41 @@ def _batches(users: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield users[start : start + size]
 
 
+_RECORD = text(
+    """
+WITH event AS (
+    INSERT INTO chat_events (tenant_id, kind, conversation_id, message_id, audience, payload)
+    VALUES (:tenant, :kind, :conversation_id, :message_id, :audience, :data)
+    RETURNING id, xid, payload
+), readers AS (
+    INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id)
+    SELECT :tenant, reader, event.xid, event.id FROM event, unnest(:users) AS reader
+), carriers AS (
+    INSERT INTO outbox (message_id, destination, routing_key, payload, headers, xid)
+    SELECT gen_random_uuid(), :destination, :routing_key,
+           jsonb_build_object('id', event.id, 'xid', event.xid, 'tenant', :tenant,
+                              'type', :kind, 'to', b.batch -> 'to', 'data', event.payload),
+           jsonb_build_object('BCC', b.batch -> 'BCC'),
+           event.xid
+    FROM event, jsonb_array_elements(:batches) WITH ORDINALITY AS b(batch, n)
+    ORDER BY b.n
+), wake AS (
+    SELECT pg_notify(:channel, '')
+)
+SELECT event.id FROM event, wake
+"""
+).bindparams(
+    bindparam("conversation_id", type_=UUID(as_uuid=True)),
+    bindparam("message_id", type_=UUID(as_uuid=True)),
+    bindparam("audience", type_=ARRAY(String())),
+    bindparam("users", type_=ARRAY(String())),
+    bindparam("data", type_=JSONB()),
+    bindparam("batches", type_=JSONB()),
+)
+"""An event, its readers, the outbox rows that carry it (one per batch of users) and the
+publisher's wake-up: one statement, so one round trip per event."""
+
+
 async def record(
     session: AsyncSession | AsyncConnection,
     *,
@@ -80,45 +115,28 @@ async def record(
     """Write one event for `audience` (users of `tenant`) and the outbox rows that carry it live;
     returns the event's id. `data` is the frame's body (JSON-ready)."""
     users = list(dict.fromkeys(audience))  # once each, in order
-    row = (
-        await session.execute(
-            insert(ChatEvent)
-            .values(
-                tenant_id=tenant,
-                kind=kind,
-                conversation_id=conversation_id,
-                message_id=message_id,
-                audience=None if kind == MESSAGE_CREATED else users,
-                payload=data,
-            )
-            .returning(ChatEvent.id, ChatEvent.xid)
-        )
-    ).one()
-    event_id, xid = int(row[0]), int(row[1])
-    await session.execute(
-        text(
-            "INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id) "
-            "SELECT :tenant, reader, :xid, :event FROM unnest(CAST(:users AS varchar[])) reader"
-        ),
-        {"tenant": tenant, "xid": xid, "event": event_id, "users": users},
+    batches = [
+        {"to": list(batch), "BCC": [user_route(tenant, user) for user in batch]}
+        for batch in _batches(users, fanout_batch)
+    ]
+    event_id = await session.scalar(
+        _RECORD,
+        {
+            "tenant": tenant,
+            "kind": kind,
+            "conversation_id": conversation_id,
+            "message_id": message_id,
+            "audience": None if kind == MESSAGE_CREATED else users,
+            "data": data,
+            "users": users,
+            "batches": batches,
+            "destination": EVENTS,
+            "routing_key": ROUTING_KEY,
+            "channel": NOTIFY_CHANNEL,
+        },
     )
-    for batch in _batches(users, fanout_batch):
-        await enqueue(
-            session,
-            routing_key=ROUTING_KEY,
-            destination=EVENTS,
-            headers={"BCC": [user_route(tenant, user) for user in batch]},
-            payload={
-                "id": event_id,
-                "xid": xid,
-                "tenant": tenant,
-                "type": kind,
-                "to": list(batch),
-                "data": data,
-            },
-            xid=xid,
-        )
-    return event_id
+    assert event_id is not None
+    return int(event_id)
 
 
 class Move(NamedTuple):
