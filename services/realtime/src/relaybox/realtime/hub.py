@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
 from relaybox.common.chat.events import user_route
@@ -32,6 +33,9 @@ from relaybox.realtime.store import Store
 log = logging.getLogger(__name__)
 MARKER = "relaybox.checkpoint"
 MARKER_TIMEOUT_S = 5.0
+BIND_CHANNELS = 8
+"""Bindings are made on this many channels at once: a channel runs one broker call at a time,
+and a reconnect storm is thousands of them."""
 IDLE_MARKER_S = 1.0
 
 
@@ -57,6 +61,7 @@ class Hub:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
+        self._binders: list[aiormq.abc.AbstractChannel] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.generation = 0
         self._marker_out: tuple[int, float] | None = None
@@ -64,6 +69,9 @@ class Hub:
         self._last_marker = 0.0
         self.ready = asyncio.Event()
         self._stopping = False
+        self.draining = False
+        """Set while the replica shuts down: its queue goes with it, so sockets closing then
+        leave their bindings (a broker call each) in place."""
 
     @property
     def queue_name(self) -> str:
@@ -87,6 +95,10 @@ class Hub:
         self._queue = await self._channel.declare_queue(
             self.queue_name, exclusive=True, auto_delete=True, durable=False
         )
+        self._binders = [
+            await (await self._connection.channel()).get_underlay_channel()
+            for _ in range(BIND_CHANNELS)
+        ]
         self._bound.clear()
         self._marker_out = None
         self._tasks.append(asyncio.create_task(self._consume(self._queue)))
@@ -135,9 +147,9 @@ class Hub:
         metrics.CONNECTIONS.inc()
         async with self._lock(route):
             if route not in self._bound:
-                assert self._queue is not None
-                assert self._exchange is not None
-                await self._queue.bind(self._exchange, routing_key=route)
+                await self._binder(route).queue_bind(
+                    self.queue_name, self._topology.events_exchange, routing_key=route
+                )
                 self._bound.add(route)
                 metrics.USERS.inc()
         conn.bound_generation = self.generation
@@ -158,10 +170,16 @@ class Hub:
                 return
             self._bound.discard(route)
             metrics.USERS.dec()
-            if self._queue is not None and self._exchange is not None and self.ready.is_set():
+            if self.ready.is_set() and not self.draining:
                 with contextlib.suppress(Exception):
-                    await self._queue.unbind(self._exchange, routing_key=route)
+                    await self._binder(route).queue_unbind(
+                        self.queue_name, self._topology.events_exchange, routing_key=route
+                    )
         self._locks.pop(route, None)
+
+    def _binder(self, route: str) -> aiormq.abc.AbstractChannel:
+        """The channel of a route's bindings (always the same one: its calls stay in order)."""
+        return self._binders[hash(route) % len(self._binders)]
 
     def _lock(self, route: str) -> asyncio.Lock:
         lock = self._locks.get(route)

@@ -144,6 +144,9 @@ class Replica:
             max_queue=64,
             compression=None,
             server_header=None,
+            # a reconnect storm is thousands of connects at once: asyncio's default backlog
+            # (100) drops the rest, and each dropped SYN waits 1, 3, 7 s to be tried again
+            backlog=own.listen_backlog,
         )
         log.info("realtime replica started", extra={"replica": own.replica, "port": self.port})
 
@@ -160,6 +163,7 @@ class Replica:
         if self.hub.all_connections():
             await asyncio.sleep(own.shutdown_grace_s)
         conns = self.hub.all_connections()
+        self.hub.draining = True
         await asyncio.gather(
             *(c.socket.close(RESTART, "service restart") for c in conns), return_exceptions=True
         )

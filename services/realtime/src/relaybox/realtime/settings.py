@@ -50,6 +50,12 @@ class StreamServerSettings(BaseModel):
         description="on SIGTERM: refuse new sockets, then close the open ones with 1012 after this",
     )
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024, description="largest client frame")
+    listen_backlog: int = Field(
+        default=4096,
+        ge=1,
+        description="connections the kernel queues before they are accepted (capped by "
+        "net.core.somaxconn): a reconnect storm arrives at once",
+    )
 
 
 class RealtimeSettings(ServiceSettings):
