@@ -246,3 +246,34 @@ async def test_a_long_transaction_elsewhere_does_not_grow_the_cursors(
         assert position.sent == {}
         assert len(checkpoint["cursor"]) < 500
         await transaction.rollback()
+
+
+async def test_a_lost_broker_connection_closes_the_sockets_with_1012_and_they_resume(
+    replicas: Replicas, engine: AsyncEngine, token: Any
+) -> None:
+    """What was routed while the replica had no queue is lost to it: its sockets are closed
+    (1012) rather than left silently behind, and a resume after the reconnect has everything."""
+    replica = await replicas()
+    async with opened(replica.port, token=token("alice")) as alice:
+        await alice.until(lambda f: f["type"] == "live")
+        before = await write_event(engine, ["alice"])
+        await alice.events(1)
+        connection = replica.hub._connection
+        assert connection is not None
+        await connection.close()  # the broker connection drops
+        with pytest.raises(ConnectionClosed) as closed:
+            await alice.until(lambda _frame: False, timeout=10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1012
+        cursor = alice.cursor
+    during = await write_event(engine, ["alice"])
+    for _ in range(100):  # the hub reconnects by itself
+        if replica.ready():
+            break
+        await asyncio.sleep(0.05)
+    async with opened(replica.port, token=token("alice"), cursor=cursor) as again:
+        await again.until(lambda f: f["type"] == "live")
+        after = await write_event(engine, ["alice"])
+        await again.until(lambda f: f.get("eventId") == after)
+        assert again.event_ids == [during, after]
+        assert before not in again.event_ids
