@@ -6,10 +6,8 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
@@ -18,7 +16,7 @@ from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
-from relaybox.common.auth import InvalidTokenError, caller_of
+from relaybox.common.auth import InvalidTokenError, caller_of, sign_bearer
 from relaybox.common.errors import RelayboxError
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
@@ -180,14 +178,6 @@ def issue_token(
 ) -> str:
     """A signed HS256 token (for `make run`'s dev token and for tests). `tenant` goes into the
     configured tenant claim (unless that claim is `sub`, the subject)."""
-    now = datetime.now(UTC)
-    claims: dict[str, Any] = {
-        "sub": subject,
-        "iat": int(now.timestamp()),
-        "exp": int((now + timedelta(seconds=ttl_s or settings.auth.token_ttl_s)).timestamp()),
-        "scopes": list(scopes),
-    }
-    claim = settings.auth.tenant_claim
-    if claim != "sub":
-        claims[claim] = tenant or subject
-    return jwt.encode(claims, settings.auth.jwt_secret, algorithm="HS256")
+    return sign_bearer(
+        settings.auth, subject, scopes, ttl_s=ttl_s or settings.auth.token_ttl_s, tenant=tenant
+    )

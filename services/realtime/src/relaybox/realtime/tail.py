@@ -22,12 +22,10 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TextIO
 
-import jwt
-
-from relaybox.common.auth import ALGORITHM, AuthSettings
+from relaybox.common.auth import AuthSettings, sign_bearer
 from relaybox.realtime.client import StreamClient, StreamRefused, ticket_source
 from relaybox.realtime.settings import RealtimeSettings
 
@@ -53,16 +51,7 @@ def dev_token(
     """A bearer token for `sub` (chat scopes) signed with the configured secret; `tenant` goes
     into the tenant claim (when the claim is not `sub`; default: `sub`)."""
     settings = auth or _configured_auth()
-    now = datetime.now(UTC)
-    claims: dict[str, Any] = {
-        "sub": sub,
-        "iat": now,  # the API's JWT middleware wants it
-        "exp": now + timedelta(seconds=ttl_s),
-        "scopes": list(scopes),
-    }
-    if settings.tenant_claim != "sub":
-        claims[settings.tenant_claim] = tenant or sub
-    return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
+    return sign_bearer(settings, sub, scopes, ttl_s=ttl_s, tenant=tenant)
 
 
 def _configured_auth() -> AuthSettings:
