@@ -41,7 +41,6 @@ async def enqueue(
     headers: dict[str, Any] | None = None,
     message_id: uuid.UUID | None = None,
     delay: timedelta | None = None,
-    xid: int | None = None,
 ) -> uuid.UUID:
     """Add one message to the outbox in the session's transaction and wake the publisher.
 
@@ -55,8 +54,6 @@ async def enqueue(
         "payload": payload,
         "headers": headers or {},
     }
-    if xid is not None:
-        values["xid"] = xid
     if delay is not None:
         values["available_at"] = func.now() + delay
     await session.execute(insert(Outbox).values(**values))

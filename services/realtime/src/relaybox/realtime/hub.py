@@ -22,7 +22,7 @@ from typing import Any
 
 import aio_pika
 import aiormq.abc
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from relaybox.common.chat.events import user_route
 from relaybox.common.messaging.topology import Topology
@@ -59,7 +59,6 @@ class Hub:
         self._locks: dict[str, asyncio.Lock] = {}
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._binders: list[aiormq.abc.AbstractChannel] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,7 +88,7 @@ class Hub:
         )
         self._connection.close_callbacks.add(self._on_lost)
         self._channel = await self._connection.channel(publisher_confirms=False)
-        self._exchange = await self._channel.declare_exchange(
+        await self._channel.declare_exchange(
             self._topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         self._queue = await self._channel.declare_queue(
