@@ -20,7 +20,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.chat.delivery import RecipientStatus
+from relaybox.common.chat.delivery import MOVES_TO, RecipientStatus
 from relaybox.common.chat.events import Move, record_statuses
 
 SNAPSHOT = """
@@ -104,7 +104,7 @@ locked AS (
     FROM chat_recipients r
     JOIN acked USING (message_id, user_id)
     JOIN chat_messages m ON m.id = r.message_id AND m.tenant_id = :tenant
-    WHERE r.status IN ('PENDING', 'SENT', 'FAILED')
+    WHERE r.status = ANY(CAST(:movable AS varchar[]))
     ORDER BY r.message_id, r.user_id
     FOR UPDATE OF r
 )
@@ -113,13 +113,14 @@ SET status = 'DELIVERED', delivered_at = coalesce(r.delivered_at, now())
 FROM locked, chat_messages m
 WHERE r.message_id = locked.message_id AND r.user_id = locked.user_id
   AND m.id = r.message_id
-  AND r.status IN ('PENDING', 'SENT', 'FAILED')
+  AND r.status = ANY(CAST(:movable AS varchar[]))
 RETURNING r.message_id, r.conversation_id, m.sender_id, r.user_id
 """
 )
-"""Acked copies move to DELIVERED (forward only: from PENDING, SENT or FAILED, as
-`relaybox.common.chat.delivery.MOVES_TO` says); the moved ones come back with their sender, who
-is told."""
+"""Acked copies move to DELIVERED (forward only: from the statuses
+`relaybox.common.chat.delivery.MOVES_TO` allows, `:movable`); the moved ones come back with
+their sender, who is told."""
+MOVABLE = [status.value for status in MOVES_TO[RecipientStatus.DELIVERED]]
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class Store:
                         "tenant": tenant,
                         "messages": [c[0] for c in copies],
                         "users": [c[1] for c in copies],
+                        "movable": MOVABLE,
                     },
                 )
             ).all()
