@@ -18,6 +18,22 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def request_body(scope: dict[str, Any], receive: Receive, send: Send) -> bytes | None:
+    """An ASGI app's request body, read whole; None for the lifespan scope, which it answers
+    (startup and shutdown complete): the test providers' common part."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return None
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
 @dataclass(frozen=True)
 class Answer:
     """One HTTP answer: status, raw body, headers (a content type unless the body is empty)."""
@@ -68,17 +84,9 @@ class ScriptedProvider:
         return [c for c in self.calls if c.path != "/auth/token"]
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.calls.append(Call(scope["path"], headers, body))
         if scope["path"] == "/auth/token":

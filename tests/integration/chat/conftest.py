@@ -16,6 +16,7 @@ from relaybox.api.app import create_app
 from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
 from tests.support.clients import BASE_URL
+from tests.support.scripted import request_body
 from tests.support.serving import serve_app
 
 TENANT = "acme"
@@ -69,17 +70,9 @@ class Gateway:
     pushed: list[str] = field(default_factory=list)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         token = json.loads(body)["message"]["token"]
         self.pushed.append(token)
         status, answer = self.answers.get(token, (200, {"name": f"projects/p/messages/{token}"}))
