@@ -31,3 +31,17 @@ ATTEMPTS = Histogram(
 )
 IN_FLIGHT = Gauge("relaybox_consumer_in_flight", "Messages being handled right now")
 DLQ_DEPTH = Gauge("relaybox_consumer_dlq_depth", "Messages waiting in a DLQ", ("queue",))
+# The dead-letter office (the `dead_letters` table the consumer drains every *.dlq queue into).
+DEAD_LETTERS_DRAINED = Counter(
+    "relaybox_dead_letters_drained_total",
+    "Dead letters moved from a DLQ into the dead_letters table (a repeat death counts again)",
+    ("route",),
+)
+DEAD_LETTERS_OPEN = Gauge(
+    "relaybox_dead_letters", "Open dead letters (neither replayed nor discarded)", ("route",)
+)
+DEAD_LETTERS_OLDEST_AGE = Gauge(
+    "relaybox_dead_letters_oldest_age_seconds",
+    "Age of the oldest open dead letter (its last death), 0 when none is open",
+    ("route",),
+)
