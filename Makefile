@@ -14,7 +14,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down
+.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down postman
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ fmt: install ## apply ruff fixes and formatting
 
 erd: install ## the messenger's ERD from the models: docs/messenger/database-model.dot, rendered to .png (graphviz's dot)
 	$(RUN) python -m relaybox.common.db.erd
+
+postman: install ## regenerate docs/postman/relaybox.postman_collection.json from the API's OpenAPI document
+	$(RUN) python -m tests.postman
 
 up: ## docker compose up (needs a Docker engine)
 	docker compose up --build
