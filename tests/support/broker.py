@@ -34,7 +34,12 @@ async def queue_depth(url: str, queue_name: str) -> int:
 
 
 async def publish_raw(
-    url: str, exchange: str, routing_key: str, body: bytes | dict[str, Any]
+    url: str,
+    exchange: str,
+    routing_key: str,
+    body: bytes | dict[str, Any],
+    *,
+    message_id: str | None = None,
 ) -> None:
     """Publish a message as a foreign producer would (bypassing the outbox, for poison tests)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -42,7 +47,8 @@ async def publish_raw(
     async with connection:
         channel = await connection.channel()
         target = await channel.get_exchange(exchange)
-        await target.publish(aio_pika.Message(raw), routing_key=routing_key)
+        message = aio_pika.Message(raw, message_id=message_id)
+        await target.publish(message, routing_key=routing_key)
 
 
 async def delete_topology(settings: BrokerSettings) -> None:

@@ -58,6 +58,23 @@ async def email_row(engine: AsyncEngine, email_id: str) -> dict[str, Any]:
         return dict(result.mappings().one())
 
 
+async def dead_letters(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every filed dead letter, the first seen first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT * FROM dead_letters ORDER BY first_seen_at, id"))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def filed(engine: AsyncEngine, count: int) -> list[dict[str, Any]]:
+    """The dead letters, once `count` are filed (the consumer drains the DLQs)."""
+
+    async def enough() -> bool:
+        return len(await dead_letters(engine)) >= count
+
+    await eventually(enough)
+    return await dead_letters(engine)
+
+
 async def statuses(engine: AsyncEngine) -> dict[str, str]:
     async with engine.connect() as conn:
         rows = await conn.execute(text("SELECT id::text, status FROM emails"))

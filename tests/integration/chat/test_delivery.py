@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relaybox.api.app import create_app
+from relaybox.api.auth import ALL_SCOPES
 from relaybox.api.settings import ApiSettings
 from relaybox.common.chat.delivery import deliver_payload
 from relaybox.common.faults import FaultSettings
@@ -47,6 +48,7 @@ from tests.support.pipeline import (
     Pipeline,
     consumer_settings,
     eventually,
+    filed,
     publisher_settings,
     running_pipeline,
 )
@@ -412,7 +414,7 @@ async def test_an_offline_device_is_delivered_when_it_comes_back(
     assert done["bob"]["delivered_at"].timestamp() >= back - 0.5
 
 
-async def test_attempts_run_out_then_the_copies_fail_with_the_reason(
+async def test_attempts_run_out_then_the_copies_fail_and_a_replay_delivers_them(
     people: People,
     engine: AsyncEngine,
     pipeline_with: Pipelines,
@@ -426,16 +428,33 @@ async def test_attempts_run_out_then_the_copies_fail_with_the_reason(
     async with pipeline_with(max_attempts=2) as running:
         message_id = await post(people, "alice", conversation)
         done = await wait_statuses(engine, message_id, {"bob": "FAILED", "carol": "SENT"})
+        (dead,) = await filed(engine, 1)
         await running.worker.run_until_idle()
+        assert done["bob"]["last_error"].startswith("attempts ran out: HTTP 500")
+        assert done["bob"]["attempts"] == 2 and done["bob"]["failed_at"] is not None
+        assert list((await ledger(mock_push)).values()) == [2]
+        assert await pushes(engine, message_id) == {}  # a retryable failure is never recorded
+        assert (dead["route"], dead["row_id"]) == (CHAT_DELIVER, message_id)
+        assert dead["payload"]["recipients"] == ["bob"] and dead["attempts"] == 2
+        assert dead["last_error"].startswith("HTTP 500")
+
+        # The gateway is fixed: an operator replays the letter, and bob's copy is pushed.
+        await configure(mock_push, failNext=0)
+        operator = people("root", tenant="ops", scopes=ALL_SCOPES)
+        body = {"ids": [str(dead["id"])]}
+        answer = await operator.post("/admin/dead-letters/replay", json=body)
+        assert answer.status_code == 200, answer.text
+        # (carol has no device; the gateway's receipt confirms bob's push)
+        await wait_statuses(engine, message_id, {"bob": "DELIVERED", "carol": "SENT"})
+        await running.worker.run_until_idle()
+        assert list((await ledger(mock_push)).values()) == [3]
+        again = await operator.post("/admin/dead-letters/replay", json=body)
+        assert again.status_code == 409
     connection = await aio_pika.connect(broker_settings.url)
     async with connection:
         channel = await connection.channel()
-        dead = await message_count(channel, topology.dead_letter_queue(CHAT_DELIVER))
-    assert done["bob"]["last_error"].startswith("attempts ran out: HTTP 500")
-    assert done["bob"]["attempts"] == 2 and done["bob"]["failed_at"] is not None
-    assert list((await ledger(mock_push)).values()) == [2]
-    assert await pushes(engine, message_id) == {}  # a retryable failure is never recorded
-    assert dead == 1
+        left = await message_count(channel, topology.dead_letter_queue(CHAT_DELIVER))
+    assert left == 0  # drained into the office
 
 
 async def test_a_redelivered_batch_pushes_no_device_twice(

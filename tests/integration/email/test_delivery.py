@@ -13,8 +13,8 @@ from relaybox.common.messaging.topology import EMAIL_SEND, Topology
 from relaybox.common.outbox import enqueue
 from relaybox.common.settings import BrokerSettings
 from relaybox.mock_meta.smtp.sink import SinkConfig, SmtpSink
-from tests.support.broker import drain_queue, publish_raw, queue_depth
-from tests.support.pipeline import Pipeline, eventually, wait_final
+from tests.support.broker import publish_raw, queue_depth
+from tests.support.pipeline import Pipeline, filed, wait_final
 
 BODY = {"to": "bob@example.com", "subject": "Hi", "text": "Hello Bob"}
 
@@ -68,7 +68,7 @@ async def test_permanent_failure_fails_at_once_with_error(
     assert await queue_depth(broker_settings.url, topology.dead_letter_queue(EMAIL_SEND)) == 0
 
 
-async def test_exhausted_retries_fail_and_land_in_the_dlq(
+async def test_exhausted_retries_fail_and_are_filed_as_dead_letters(
     client: httpx.AsyncClient,
     pipeline: Pipeline,
     engine: AsyncEngine,
@@ -83,25 +83,20 @@ async def test_exhausted_retries_fail_and_land_in_the_dlq(
     assert failed["attempts"] == 3  # the default max_attempts
     assert "451" in failed["last_error"]
     assert sink.stats.rejected_transient == 3
-    dlq = topology.dead_letter_queue(EMAIL_SEND)
-    await eventually(lambda: _depth_is(broker_settings.url, dlq, 1))
-    (dead,) = await drain_queue(broker_settings.url, dlq)
-    assert dead.routing_key == EMAIL_SEND
-    assert dead.headers is not None
-    assert "451" in str(dead.headers["x-last-error"])
+    (dead,) = await filed(engine, 1)
+    assert (dead["route"], dead["row_id"], dead["attempts"]) == (EMAIL_SEND, email_id, 3)
+    assert "451" in dead["last_error"]
+    await pipeline.worker.run_until_idle()  # the DLQ itself is drained
+    assert await queue_depth(broker_settings.url, topology.dead_letter_queue(EMAIL_SEND)) == 0
 
 
-async def _depth_is(url: str, queue: str, expected: int) -> bool:
-    return await queue_depth(url, queue) == expected
-
-
-async def test_malformed_message_goes_to_the_dlq(
-    pipeline: Pipeline, topology: Topology, broker_settings: BrokerSettings
+async def test_malformed_messages_are_filed_as_dead_letters(
+    pipeline: Pipeline, engine: AsyncEngine, topology: Topology, broker_settings: BrokerSettings
 ) -> None:
     await publish_raw(broker_settings.url, topology.exchange, EMAIL_SEND, b"not json")
     await publish_raw(broker_settings.url, topology.exchange, EMAIL_SEND, {"id": str(uuid.uuid4())})
-    dlq = topology.dead_letter_queue(EMAIL_SEND)
-    await eventually(lambda: _depth_is(broker_settings.url, dlq, 2))
+    found = await filed(engine, 2)
+    assert all(d["last_error"].startswith("unprocessable:") for d in found)
 
 
 async def test_duplicate_messages_send_once(

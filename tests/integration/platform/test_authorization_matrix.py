@@ -10,6 +10,9 @@ one. The callers, and what each gets:
   creating works for itself (but the gateway's send: its provider account is the owner's, 403);
 - the owner's tenant: the route's success;
 - an admin (the `admin` scope, a third tenant): the route's success, on the owner's rows too.
+
+Operators' routes (`/admin/...`, kind `operator`) answer the admin alone: every tenant's
+caller without the `admin` scope gets 403.
 """
 
 from __future__ import annotations
@@ -81,6 +84,19 @@ class Resources:
     async def message_id(self) -> str:
         return str((await self.message())["id"])
 
+    async def dead_letter(self) -> str:
+        """A dead letter as the consumer's drain files it (no consumer runs here)."""
+        letter_id = str(uuid.uuid4())
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO dead_letters (id, route, fingerprint, payload, last_error)"
+                    " VALUES (:id, 'email.send', :print, '{}', 'attempts ran out')"
+                ),
+                {"id": letter_id, "print": letter_id},
+            )
+        return letter_id
+
     async def conversation(self) -> str:
         return str((await self.message())["conversationId"])
 
@@ -101,8 +117,9 @@ Make = Callable[[Resources], Awaitable[str]]
 class Route:
     """One decision: the scope a route needs, and what a request to it is.
 
-    `kind` is `create` (makes a row of the caller's tenant), `list` (the caller's tenant's rows)
-    or `item` (one row, the owner's, made fresh by `make` for each caller that may change it).
+    `kind` is `create` (makes a row of the caller's tenant), `list` (the caller's tenant's rows),
+    `item` (one row, the owner's, made fresh by `make` for each caller that may change it) or
+    `operator` (an admin's route: `make` gives the row its URL names, if any).
     """
 
     method: str
@@ -163,6 +180,24 @@ ROUTES = [
             ("close", Resources.conversation),
             ("reopen", Resources.conversation),
         ]
+    ),
+]
+DEAD_LETTER = "/admin/dead-letters/{letter_id:uuid}"
+ROUTES += [
+    Route("GET", "/admin/dead-letters", ADMIN_SCOPE, "operator", make=Resources.dead_letter),
+    Route(
+        "GET",
+        DEAD_LETTER,
+        ADMIN_SCOPE,
+        "operator",
+        make=Resources.dead_letter,
+        url=lambda row: DEAD_LETTER.replace("{letter_id:uuid}", row),
+    ),
+    Route(
+        "POST", "/admin/dead-letters/replay", ADMIN_SCOPE, "operator", body={"route": "meta.send"}
+    ),
+    Route(
+        "POST", "/admin/dead-letters/discard", ADMIN_SCOPE, "operator", body={"route": "meta.send"}
     ),
 ]
 PUBLIC = {
@@ -293,7 +328,7 @@ async def _call(
     client: httpx.AsyncClient, route: Route, target: str, token: str | None
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = route.url(target) if route.kind == "item" else route.path
+    url = route.url(target) if "{" in route.path else route.path
     if route.files:
         upload = {"file": ("list.csv", CSV + uuid.uuid4().hex.encode(), "text/csv")}
         return await client.request(route.method, url, files=upload, headers=headers)
@@ -304,6 +339,9 @@ async def _call(
 
 
 def _expected(route: Route) -> dict[str, int]:
+    if route.kind == "operator":  # no tenant's caller is an operator
+        unauthenticated = ("no token", "expired", "bad signature", "alg none")
+        return {c: 401 if c in unauthenticated else 403 for c in CALLERS} | {"admin": route.ok}
     other = {"create": route.ok, "list": route.ok, "item": 404}[route.kind]
     return {
         "no token": 401,

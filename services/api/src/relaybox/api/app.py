@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from relaybox.api.auth import check_secret, jwt_auth
 from relaybox.api.chat import chat_router
 from relaybox.api.conversations.controller import ConversationController
+from relaybox.api.deadletters.controller import DeadLetterController
 from relaybox.api.emails.accept import EmailIntake
 from relaybox.api.emails.controller import EmailController
 from relaybox.api.errors import ApiError, http_problem, internal_error, to_problem
@@ -93,6 +94,7 @@ def create_app(
             MessageController,
             MetaWebhookController,
             PushWebhookController,
+            DeadLetterController,
             mailings_router(settings),
             chat_router(),
         ],

@@ -18,6 +18,7 @@ from relaybox.common.db.session import create_engine, dispose
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.observability.server import HealthServer
 from relaybox.consumer.chat.handler import PUSH_LIMIT_KEY, ChatDeliverHandler
+from relaybox.consumer.deadletters import DeadLetterOffice
 from relaybox.consumer.handlers.email import EmailHandler
 from relaybox.consumer.handlers.meta import META_LIMIT_KEY, MetaHandler
 from relaybox.consumer.mailings.dispatcher import Dispatcher
@@ -131,7 +132,7 @@ def create_consumer(settings: ConsumerSettings, engine: AsyncEngine | None = Non
     )
     dispatcher = Dispatcher(engine, mailing_in_flight(settings))
     return Consumer(
-        Worker(settings, engine, topology, handlers),
+        Worker(settings, engine, topology, handlers, DeadLetterOffice(engine)),
         email,
         [email, meta, push],
         sweeper,

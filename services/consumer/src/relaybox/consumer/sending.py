@@ -25,6 +25,12 @@ from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
 from relaybox.consumer import metrics
+from relaybox.consumer.deadletters import (
+    ATTEMPTS_HEADER,
+    LAST_ERROR_HEADER,
+    MAX_ERROR,
+    scrubbed,
+)
 from relaybox.consumer.delivery import DeliveryTable
 from relaybox.consumer.errors import GiveBackError, PoisonMessageError, SendNotRecordedError
 from relaybox.consumer.providers.base import PermanentError, RateLimitedError, RetryableError
@@ -44,6 +50,16 @@ CARRIED_HEADERS = ("traceparent", "tracestate", "x-correlation-id")
 def carried_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """The headers a retried or dead-lettered copy keeps (trace context, correlation id)."""
     return {k: v for k, v in headers.items() if k in CARRIED_HEADERS}
+
+
+def dead_headers(headers: dict[str, Any], error: str, attempts: int) -> dict[str, Any]:
+    """The headers of a copy dead-lettered after `attempts`: what the dead-letter office files
+    as its last error and attempts."""
+    return {
+        **carried_headers(headers),
+        LAST_ERROR_HEADER: error[:MAX_ERROR],
+        ATTEMPTS_HEADER: attempts,
+    }
 
 
 class DatabaseWork:
@@ -155,10 +171,6 @@ class SendingHandler(DatabaseWork, ABC):
         self, conn: AsyncConnection, row_id: Any, provider_id: str | None
     ) -> None:
         """Extra work in the transaction that records SENT (none by default)."""
-
-    def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """What the DLQ copy keeps of a payload (handlers drop secrets here)."""
-        return payload
 
     async def handle(self, payload: dict[str, Any], headers: dict[str, Any]) -> str:
         """Process one delivery; returns the outcome label. Safe to call twice for one message."""
@@ -332,8 +344,9 @@ class SendingHandler(DatabaseWork, ABC):
         # 429s are shown among the attempts but do not use up the budget (flow control).
         counted = attempts - row["throttled"]
         if counted >= self.settings.max_attempts and not rate_limited:
-            dead = self.dead_letter_payload(payload)
-            await self.in_tx(lambda c: self._dead_letter(c, row["id"], dead, headers, error))
+            dead = scrubbed(payload)  # no secret enters the DLQ
+            kept = dead_headers(headers, error, attempts)
+            await self.in_tx(lambda c: self._dead_letter(c, row["id"], dead, kept, error))
             metrics.DEAD_LETTERED.labels(self.route).inc()
             metrics.ATTEMPTS.labels(self.route, "FAILED").observe(attempts)
             return "dead_lettered"
@@ -378,5 +391,5 @@ class SendingHandler(DatabaseWork, ABC):
                 routing_key=self.route,
                 payload=payload,
                 destination=DEAD,
-                headers={**carried_headers(headers), "x-last-error": error[:1000]},
+                headers=headers,
             )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from aio_pika.abc import (
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.messaging.broker import connect
 from relaybox.common.messaging.topology import Topology, message_count
 from relaybox.consumer import metrics
+from relaybox.consumer.deadletters import DeadLetterOffice, death_of
 from relaybox.consumer.errors import GiveBackError, PoisonMessageError
 from relaybox.consumer.settings import ConsumerSettings
 
@@ -49,8 +51,10 @@ class Worker:
         engine: AsyncEngine,
         topology: Topology,
         handlers: list[Handler],
+        office: DeadLetterOffice | None = None,
     ) -> None:
         self.settings = settings
+        self.office = office
         self.engine = engine
         self.topology = topology
         self.handlers = {h.route: h for h in handlers}
@@ -75,6 +79,12 @@ class Worker:
             queue = await self._channel.get_queue(self.topology.queue(route))
             self._queues[route] = queue
             self._tags[route] = await queue.consume(self._on_message)
+        if self.office is not None:  # drain every DLQ into the dead-letter office
+            for route in self.handlers:
+                dlq_name = self.topology.dead_letter_queue(route)
+                dlq = await self._channel.get_queue(dlq_name)
+                self._queues[dlq_name] = dlq
+                self._tags[dlq_name] = await dlq.consume(self._on_dead_letter)
         log.info("consumer started", extra={"routes": sorted(self.handlers)})
 
     async def stop(self) -> None:
@@ -143,17 +153,21 @@ class Worker:
                 quiet = quiet + 1 if not self._tasks and await self._queues_empty() else 0
 
     async def refresh_dlq_metrics(self) -> None:
-        """Read every DLQ's depth into the gauge."""
+        """Read every DLQ's depth, and the dead-letter office's open letters, into the gauges."""
         if not self._channel:
             return
         for route in self.handlers:
             name = self.topology.dead_letter_queue(route)
             metrics.DLQ_DEPTH.labels(name).set(await message_count(self._channel, name))
+        if self.office is not None:
+            await self.office.refresh_metrics(list(self.handlers))
 
     async def _queues_empty(self) -> bool:
         assert self._channel is not None
         names = [self.topology.queue(r) for r in self.handlers]
         names += [self.topology.retry_queue(d) for d in self.topology.retry_delays_ms]
+        if self.office is not None:
+            names += [self.topology.dead_letter_queue(r) for r in self.handlers]
         for name in names:
             if await message_count(self._channel, name):
                 return False
@@ -161,9 +175,47 @@ class Worker:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # One task per message (bounded by prefetch) so slow sends overlap.
-        task = asyncio.create_task(self._process(message))
+        self._spawn(self._process(message))
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        self._spawn(self._file_dead_letter(message))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _file_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """A DLQ message into the dead-letter office; acked once filed (else it stays queued)."""
+        assert self.office is not None
+        try:
+            await self.office.file(death_of(message))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            raise
+        except Exception:
+            log.exception(
+                "dead letter not filed; it stays in the DLQ", extra={"route": message.routing_key}
+            )
+            await asyncio.sleep(1.0)  # do not spin while the database is away
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        else:
+            await message.ack()
+
+    async def _reject_poison(self, message: AbstractIncomingMessage, error: str) -> None:
+        """File an unprocessable message with its reason and ack it; if it cannot be filed,
+        reject it to the DLQ (the drain files it later, with RabbitMQ's reason)."""
+        if self.office is not None:
+            try:
+                await self.office.file(death_of(message, error))
+            except Exception:
+                log.exception("poison message not filed; rejected to the DLQ")
+            else:
+                await message.ack()
+                return
+        await message.reject(requeue=False)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         route = message.routing_key or ""
@@ -184,7 +236,7 @@ class Worker:
         except PoisonMessageError as exc:
             log.error("poison message dead-lettered", extra={"route": route, "error": str(exc)})
             outcome = "poison"
-            await message.reject(requeue=False)
+            await self._reject_poison(message, f"unprocessable: {exc}")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)

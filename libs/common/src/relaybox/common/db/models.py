@@ -614,3 +614,34 @@ class ChatStreamState(Base):
     swept_xid: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+
+class DeadLetter(Base):
+    """A message that died (its route's DLQ, drained by the consumer): kept for operators to
+    inspect, replay through the outbox, or discard. One row per route and payload fingerprint;
+    `count` says how often it died."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    route: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    row_id: Mapped[str | None] = mapped_column(String(255))  # the domain row it points at
+    payload: Mapped[dict[str, Any]]
+    headers: Mapped[dict[str, Any]] = mapped_column(server_default=sql_text("'{}'::jsonb"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    count: Mapped[int] = mapped_column(Integer, server_default="1")
+    status: Mapped[str] = mapped_column(String(16), server_default="open")
+    last_message_id: Mapped[str | None] = mapped_column(String(255))
+    first_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    replayed_at: Mapped[datetime | None]
+    discarded_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("route", "fingerprint"),
+        CheckConstraint("status IN ('open', 'replayed', 'discarded')", name="status_known"),
+        Index("ix_dead_letters_last_seen_at_id", "last_seen_at", "id"),
+        Index("ix_dead_letters_status_route", "status", "route"),
+    )

@@ -49,7 +49,7 @@ from relaybox.consumer.chat.verdict import Copy, Outcome, Result, Verdict, judge
 from relaybox.consumer.errors import GiveBackError, PoisonMessageError, SendNotRecordedError
 from relaybox.consumer.providers.push import PushProvider
 from relaybox.consumer.ratelimit import RateLimiter
-from relaybox.consumer.sending import DatabaseWork, carried_headers
+from relaybox.consumer.sending import DatabaseWork, carried_headers, dead_headers
 from relaybox.consumer.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class Plan:
     error: str = ""
     delay_ms: int = 0
     next_attempt: int = 1
+    attempts: int = 0  # the attempts made, when dead-lettered
 
 
 class ChatDeliverHandler(DatabaseWork):
@@ -211,7 +212,8 @@ class ChatDeliverHandler(DatabaseWork):
         throttled = bool(retries) and all(o.rate_limited for o in retries)
         last_error = verdict.retry_errors[-1] if verdict.retry_errors else "not pushed"
         if attempt >= self.settings.max_attempts and not throttled:
-            return Plan("dead_lettered", failed=ran_out(verdict, last_error), error=last_error)
+            failed = ran_out(verdict, last_error)
+            return Plan("dead_lettered", failed=failed, error=last_error, attempts=attempt)
         retry_after = max((o.retry_after or 0.0 for o in retries), default=0.0)
         delay = self.topology.retry_delay_for(attempt, retry_after_s=retry_after or None)
         # 429s are flow control, not failed attempts: they do not use up the budget.
@@ -268,7 +270,7 @@ class ChatDeliverHandler(DatabaseWork):
             kept = carried_headers(headers)
         else:
             destination = DEAD
-            kept = {**carried_headers(headers), "x-last-error": plan.error[:1000]}
+            kept = dead_headers(headers, plan.error, plan.attempts)
         await enqueue(
             conn, routing_key=self.route, payload=payload, destination=destination, headers=kept
         )

@@ -38,9 +38,6 @@ class EmailHandler(SendingHandler):
     async def prepare(self) -> None:
         await self.provider.prepare()
 
-    def dead_letter_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in payload.items() if k != "token"}
-
     async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
         text_body, html_body = row["text_body"], row["html_body"]
         if TOKEN_PLACEHOLDER in f"{text_body}{html_body}":
