@@ -242,3 +242,87 @@ async def test_unknown_letters_are_404_and_409(admin: httpx.AsyncClient) -> None
     answer = await admin.post(f"{LETTERS}/replay", json={"ids": [unknown]})
     assert answer.status_code == 409
     assert f"no dead letter with id {unknown}" in answer.json()["detail"]
+
+
+async def file_letter(engine: AsyncEngine, route: str, payload: dict[str, Any], row: str) -> str:
+    """A dead letter as the drain files it."""
+    letter_id = str(uuid.uuid4())
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO dead_letters (id, route, fingerprint, row_id, payload, last_error)"
+                " VALUES (:id, :route, :print, :row, CAST(:payload AS jsonb), 'it died')"
+            ),
+            {
+                "id": letter_id,
+                "route": route,
+                "print": letter_id,
+                "row": row,
+                "payload": json.dumps(payload),
+            },
+        )
+    return letter_id
+
+
+async def test_a_failed_meta_message_is_put_back_and_enqueued_in_one_transaction(
+    client: httpx.AsyncClient, admin: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """No consumer runs: what the replay wrote is read straight from the tables."""
+    body = {"channel": "whatsapp", "to": "+15550001111", "text": "hello"}
+    sent = await client.post("/messages/send", json=body)
+    assert sent.status_code == 202, sent.text
+    message_id = sent.json()["id"]
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM outbox"))
+        await conn.execute(
+            text(
+                "UPDATE messages SET status = 'FAILED', attempts = 3, throttled = 1,"
+                " failed_at = now(), last_error = 'HTTP 500' WHERE id = :id"
+            ),
+            {"id": message_id},
+        )
+    letter_id = await file_letter(engine, "meta.send", {"id": message_id}, message_id)
+    answer = await admin.post(f"{LETTERS}/replay", json={"ids": [letter_id]})
+    assert answer.status_code == 200, answer.text
+    async with engine.connect() as conn:
+        row = (
+            (await conn.execute(text("SELECT * FROM messages WHERE id = :id"), {"id": message_id}))
+            .mappings()
+            .one()
+        )
+        outbox = (await conn.execute(text("SELECT * FROM outbox"))).mappings().all()
+    assert (row["status"], row["attempts"], row["throttled"], row["failed_at"]) == (
+        "PENDING",
+        0,
+        0,
+        None,
+    )
+    (queued,) = outbox
+    assert (queued["routing_key"], queued["destination"]) == ("meta.send", "work")
+    assert queued["payload"] == {"id": message_id}
+    assert queued["headers"]["x-replay-of"] == letter_id
+    shown = (await admin.get(f"{LETTERS}/{letter_id}")).json()
+    assert shown["status"] == "replayed" and shown["replayedAt"] is not None
+
+
+async def test_refusals_say_why_and_change_nothing(
+    admin: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    gone = str(uuid.uuid4())
+    cases = {
+        await file_letter(engine, "email.send", {"id": gone}, gone): f"email {gone} no longer",
+        await file_letter(engine, "mailing.parse", {"id": gone}, gone): f"mailing {gone} no",
+        await file_letter(
+            engine, "chat.deliver", {"messageId": gone, "recipients": ["bob"]}, gone
+        ): f"chat message {gone} has no copies",
+        await file_letter(engine, "email.send", {"body": "not json"}, ""): "names no email id",
+    }
+    answer = await admin.post(f"{LETTERS}/replay", json={"ids": list(cases)})
+    assert answer.status_code == 409
+    reasons = {r["id"]: r["reason"] for r in answer.json()["results"]}
+    for letter_id, reason in cases.items():
+        assert reason in reasons[letter_id], reasons[letter_id]
+    page = (await admin.get(LETTERS, params={"status": "open"})).json()
+    assert page["meta"]["total"] == 4
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM outbox")) == 0
