@@ -14,7 +14,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down postman
+.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down postman cloud-diagram
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ erd: install ## the messenger's ERD from the models: docs/messenger/database-mod
 
 postman: install ## regenerate docs/postman/relaybox.postman_collection.json from the API's OpenAPI document
 	$(RUN) python -m tests.postman
+
+cloud-diagram: ## render docs/cloud-architecture.dot to docs/cloud-architecture.png (graphviz's dot)
+	dot -Tpng -Gdpi=110 docs/cloud-architecture.dot -o docs/cloud-architecture.png
 
 up: ## docker compose up (needs a Docker engine)
 	docker compose up --build
