@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 UV ?= uv
 RUN := $(UV) run --frozen
-PY_SRC := libs services tests bench
+PY_SRC := libs services clients tests bench
 
 # Development defaults for the targets that run the services (any RELAYBOX_* you set wins).
 run token seed chat-tail: export RELAYBOX_DEV_MODE ?= true
@@ -37,7 +37,7 @@ seed: install ## load demo conversations through mock-meta's signed webhooks (ne
 SUB ?= dev
 TENANT ?= dev
 token: install ## print a dev bearer token (all scopes; SUB=alice: another user of org dev; TENANT=acme: another org)
-	@$(RUN) python -m relaybox.api token --sub $(SUB) --tenant $(TENANT)
+	@$(RUN) relaybox token --sub $(SUB) --tenant $(TENANT)
 
 chat-tail: install ## print a user's live chat events as they arrive (needs `make run`; SUB=alice, TENANT=acme as for token)
 	$(RUN) python -m relaybox.realtime tail --sub $(SUB) --tenant $(TENANT) $(CHAT_TAIL_ARGS)
@@ -48,7 +48,7 @@ run: preflight migrate ## start api, publisher, consumer, realtime and mock-meta
 	@echo "  mock-meta   http://127.0.0.1:4000   (received emails: /smtp/messages; SMTP sink on :1025)"
 	@echo "  realtime    ws://127.0.0.1:3100/chat/stream   (a ticket from POST /chat/stream-tickets; make chat-tail SUB=alice)"
 	@echo "  publisher   http://127.0.0.1:9101/metrics   consumer http://127.0.0.1:9102/metrics   realtime http://127.0.0.1:3100/metrics"
-	@echo "  dev token   $$($(RUN) python -m relaybox.api token --sub dev --tenant dev)"
+	@echo "  dev token   $$($(RUN) relaybox token --sub dev --tenant dev)"
 	@echo ""
 	$(RUN) honcho start -f Procfile
 

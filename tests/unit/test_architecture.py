@@ -42,6 +42,38 @@ def test_a_service_never_imports_another_service(service: str) -> None:
     assert (ROOT / "services" / service / "src" / own.replace(".", "/") / "__main__.py").exists()
 
 
+# The command-line client (clients/cli) is not a service: it talks to the API over HTTP and
+# never to the database or the broker. Of relaybox it may import itself, the token signer and
+# its settings (`relaybox token` signs locally, as `python -m relaybox.api token` does), and the
+# realtime service's stream client and its one-line printer: `relaybox chat tail` is that
+# client (reconnect, resume, de-duplication), not a second one, so relaybox-cli depends on
+# relaybox-realtime for these two modules only.
+CLI_MAY_IMPORT = (
+    "relaybox.cli",
+    "relaybox.common.auth",
+    "relaybox.common.settings",
+    "relaybox.realtime.client",
+    "relaybox.realtime.tail",
+)
+CLI_NEVER_IMPORTS = ("sqlalchemy", "asyncpg", "aio_pika", "aiormq", "alembic", "litestar")
+
+
+def test_the_cli_talks_to_the_api_over_http_only() -> None:
+    sources = sorted((ROOT / "clients" / "cli" / "src").rglob("*.py"))
+    assert sources
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources
+        for module in imported_modules(path)
+        if (
+            module.startswith("relaybox.")
+            and not any(module == m or module.startswith(m + ".") for m in CLI_MAY_IMPORT)
+        )
+        or module.split(".")[0] in CLI_NEVER_IMPORTS
+    ]
+    assert not offenders, offenders
+
+
 def test_common_imports_no_service() -> None:
     offenders = [
         f"{path.relative_to(ROOT)} imports {module}"
@@ -53,14 +85,18 @@ def test_common_imports_no_service() -> None:
 
 
 def test_relaybox_is_a_namespace_package() -> None:
-    for src in [ROOT / "libs/common/src", *(ROOT / "services").glob("*/src")]:
+    for src in [
+        ROOT / "libs/common/src",
+        *(ROOT / "services").glob("*/src"),
+        *(ROOT / "clients").glob("*/src"),
+    ]:
         assert not (src / "relaybox" / "__init__.py").exists(), src
 
 
 def test_every_module_says_what_it_owns() -> None:
     missing = [
         str(path.relative_to(ROOT))
-        for base in (ROOT / "libs", ROOT / "services")
+        for base in (ROOT / "libs", ROOT / "services", ROOT / "clients")
         for path in base.rglob("*.py")
         if "migrations/versions" not in str(path)
         and not ast.get_docstring(ast.parse(path.read_text()))

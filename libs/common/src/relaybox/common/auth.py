@@ -22,6 +22,20 @@ MAX_TENANT = 255
 TICKET_AUDIENCE = "relaybox:chat-stream"
 """The audience of stream tickets (`relaybox.common.chat.tickets`): a token naming it is a
 ticket, never a bearer token (a ticket travels in a URL, where logs may keep it)."""
+ADMIN_SCOPE = "admin"
+USER_SCOPES = (
+    "email:send",
+    "email:read",
+    "meta:read",
+    "meta:send",
+    "mailing:read",
+    "mailing:send",
+    "chat:read",
+    "chat:write",
+)
+"""Every scope of a tenant's own rows."""
+ALL_SCOPES = (*USER_SCOPES, ADMIN_SCOPE)
+"""A dev token's scopes (`relaybox token`, `python -m relaybox.api token`)."""
 
 
 class AuthSettings(BaseModel):

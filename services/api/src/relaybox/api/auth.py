@@ -16,24 +16,14 @@ from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from relaybox.api.settings import PLACEHOLDER_SECRET, ApiSettings
+from relaybox.common.auth import ADMIN_SCOPE as ADMIN_SCOPE
+from relaybox.common.auth import ALL_SCOPES as ALL_SCOPES
+from relaybox.common.auth import USER_SCOPES as USER_SCOPES
 from relaybox.common.auth import InvalidTokenError, caller_of, sign_bearer
 from relaybox.common.errors import RelayboxError
 from relaybox.common.signing import DEV_WEBHOOK_SECRET
 
 PUBLIC_PATHS = ["/health", "/ready", "/metrics", "/api", "/schema", "/webhooks/"]
-ADMIN_SCOPE = "admin"
-USER_SCOPES = (
-    "email:send",
-    "email:read",
-    "meta:read",
-    "meta:send",
-    "mailing:read",
-    "mailing:send",
-    "chat:read",
-    "chat:write",
-)
-"""Every scope of a tenant's own rows."""
-ALL_SCOPES = (*USER_SCOPES, ADMIN_SCOPE)
 MIN_SECRET_BYTES = 32
 SCOPE = "scope"  # opt key: the token scope a route requires
 RATE_LIMITED = "rate_limited"  # opt key: the route spends the per-client send budget

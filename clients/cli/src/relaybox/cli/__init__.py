@@ -1,0 +1,1 @@
+"""relaybox, the command-line client of the API (HTTP only)."""

@@ -1,0 +1,1 @@
+"""The command-line client (`relaybox`) driven against the real API."""
