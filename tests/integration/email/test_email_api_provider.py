@@ -14,7 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
-from relaybox.consumer.providers.email_api import EmailApiProvider, EmailApiSettings
+from relaybox.consumer.providers.email_api import (
+    TOKEN_REFRESH_FAILURES,
+    EmailApiProvider,
+    EmailApiSettings,
+)
 from relaybox.mock_meta.app import create_app as create_mock
 from relaybox.mock_meta.settings import MockMetaSettings, SmtpSinkSettings
 from relaybox.mock_meta.smtp.sink import SmtpSink
@@ -79,12 +83,15 @@ async def test_prepare_fetches_the_token_ahead_of_the_send(
 
 async def test_prepare_leaves_a_token_failure_to_the_send(mock_url: str) -> None:
     api = EmailApiProvider(EmailApiSettings(base_url=mock_url, password=SecretStr("wrong-pw")))
+    refused = TOKEN_REFRESH_FAILURES.labels("refused")
+    before = refused._value.get()
     try:
         await api.prepare()  # does not raise: the send reports it, classified
-        with pytest.raises(RetryableError):
+        with pytest.raises(RetryableError, match="refused the token request"):
             await api.send(email())
     finally:
         await api.close()
+    assert refused._value.get() == before + 2  # counted for the alert: prepare's, the send's
 
 
 async def test_concurrent_sends_share_one_refresh(

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_TTL_S = 1800.0
 """The contract's token lifetime, assumed when a token answer does not say (`expires_in`)."""
 TOKEN_REFRESHES = Counter("relaybox_email_api_token_refreshes_total", "Email API tokens fetched")
+TOKEN_REFRESH_FAILURES = Counter(
+    "relaybox_email_api_token_refresh_failures_total",
+    "Email API token requests that got no token",
+    ("reason",),  # timeout, unreachable, refused
+)
 
 
 class EmailApiSettings(BaseModel):
@@ -108,11 +113,14 @@ class TokenSource:
         try:
             response = await self._client.post("/auth/token", json=credentials)
         except httpx.TimeoutException:
+            TOKEN_REFRESH_FAILURES.labels("timeout").inc()
             raise RetryableError("email API token request timed out") from None
         except httpx.TransportError as exc:
+            TOKEN_REFRESH_FAILURES.labels("unreachable").inc()
             raise RetryableError(f"email API unreachable: {type(exc).__name__}") from None
         if not accepted(response):
             # Wrong credentials are an operator problem: retry (then DLQ), never fail for good.
+            TOKEN_REFRESH_FAILURES.labels("refused").inc()
             detail = error_text(response, "detail")
             raise RetryableError(f"email API refused the token request: {detail}")
         self._token, ttl = _token_answer(response)
