@@ -14,7 +14,7 @@ run: export RELAYBOX_LOG__JSON_FORMAT ?= false
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke fuzz bench bench-smoke lint fmt typecheck erd up down postman cloud-diagram
+.PHONY: help install uv migrate preflight run seed token chat-tail test test-fast chaos chaos-smoke demo fuzz bench bench-smoke lint fmt typecheck erd up down postman cloud-diagram
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ chaos: install ## the chaos run (10,000 items; kills, RabbitMQ and PostgreSQL re
 
 chaos-smoke: install ## the ~60 s chaos smoke of the test suite (kills and provider faults only)
 	$(RUN) python -m tests.chaos --smoke
+
+demo: install ## evidence that it runs: its own database and stack, a mailing, Meta webhooks, a retry, a chat; demo-report.md
+	$(RUN) python -m tests.demo $(DEMO_ARGS)
 
 FUZZ_EXAMPLES ?= 200
 fuzz: install ## schemathesis --checks all against a live API on a fresh database (FUZZ_EXAMPLES per operation)
