@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 UV ?= uv
 RUN := $(UV) run --frozen
-PY_SRC := libs services clients tests bench
+PY_SRC := libs services clients tests bench deploy
 
 # Development defaults for the targets that run the services (any RELAYBOX_* you set wins).
 run token seed chat-tail: export RELAYBOX_DEV_MODE ?= true
