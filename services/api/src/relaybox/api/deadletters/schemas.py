@@ -99,7 +99,8 @@ class Selection(BaseModel):
         description="filter: died (last) at or after this date (UTC) or date-time",
         json_schema_extra={
             "anyOf": [
-                *({"type": "string", "maxLength": 64, "format": f} for f in ("date", "date-time")),
+                {"type": "string", "maxLength": 64, "format": "date"},
+                {"type": "string", "maxLength": 64, "format": "date-time"},
                 {"type": "null"},
             ]
         },
