@@ -28,6 +28,7 @@ from bench import (
     webhook_ingest,
 )
 from bench.common import Result, emit_json, render_table
+from bench.peers import run as peers_run
 
 BENCHES: dict[str, Callable[[bool], Result]] = {
     "api_accept": lambda quick: api_accept.run(quick=quick),
@@ -42,6 +43,7 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "realtime_connections": lambda quick: realtime_connections.run(quick=quick),
     "realtime_latency": lambda quick: realtime_latency.run(quick=quick),
     "realtime_storm": lambda quick: realtime_storm.run(quick=quick),
+    "peers": lambda quick: peers_run.run(quick=quick),
 }
 
 
