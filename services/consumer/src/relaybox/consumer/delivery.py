@@ -10,6 +10,8 @@ work) or inside a SQLAlchemy transaction (`exec_driver_sql`, when other writes s
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeAlias
@@ -63,6 +65,25 @@ def _statements(t: str) -> dict[str, str]:
             SET lease_until = now() + make_interval(secs => $3::float8), updated_at = now()
             WHERE id = $1::uuid AND status = 'SENDING' AND attempts = $2::int
             RETURNING 1 AS moved""",  # noqa: S608
+        # The batched claim and SENT (`Coalescer`): one row per distinct id, locked in id order
+        # (two replicas' batches never wait on each other in a cycle).
+        "claim_many": f"""
+            UPDATE {t} AS t
+            SET status = 'SENDING', attempts = t.attempts + 1, updated_at = now(),
+                lease_until = now() + make_interval(secs => b.lease_s)
+            FROM (SELECT * FROM unnest($1::uuid[], $2::float8[]) AS u(id, lease_s)
+                  ORDER BY id) AS b
+            WHERE t.id = b.id
+              AND (t.status = 'PENDING' OR (t.status = 'SENDING' AND t.lease_until < now()))
+            RETURNING t.*""",  # noqa: S608
+        "sent_many": f"""
+            UPDATE {t} AS t
+            SET status = 'SENT', sent_at = now(), updated_at = now(), lease_until = NULL,
+                provider_message_id = left(b.provider_id, 255), last_error = NULL
+            FROM (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, provider_id)
+                  ORDER BY id) AS b
+            WHERE t.id = b.id AND t.status IN ('PENDING', 'SENDING')
+            RETURNING t.id""",  # noqa: S608
         "failed": f"""
             UPDATE {t}
             SET status = 'FAILED', failed_at = now(), updated_at = now(), lease_until = NULL,
@@ -70,6 +91,18 @@ def _statements(t: str) -> dict[str, str]:
             WHERE id = $1::uuid AND status IN ('PENDING', 'SENDING')
             RETURNING 1 AS moved""",  # noqa: S608
     }
+
+
+def _keys(row_ids: Iterable[Any]) -> list[Any]:
+    """Each id as the key its row comes back under (a UUID); an id that is not one stays as
+    it is (the statement then fails, and each request runs alone)."""
+    keys = []
+    for row_id in row_ids:
+        try:
+            keys.append(row_id if isinstance(row_id, uuid.UUID) else uuid.UUID(str(row_id)))
+        except ValueError:
+            keys.append(row_id)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,40 @@ class DeliveryTable:
     async def claim(self, db: Db, row_id: Any, lease_s: float) -> dict[str, Any] | None:
         """PENDING (or SENDING with an expired lease) → SENDING; the row, or None if not ours."""
         return await _fetchrow(db, self._statement("claim"), row_id, lease_s)
+
+    async def claim_many(
+        self, conn: asyncpg.Connection, claims: Sequence[tuple[Any, float]]
+    ) -> list[dict[str, Any] | None]:
+        """`claim` for each (row id, lease) in one statement: per claim its row, or None. Of
+        several claims of one row, the first gets it (as if they had run one after the other)."""
+        wanted = _keys(row_id for row_id, _ in claims)
+        leases: dict[Any, float] = {}
+        for (_, lease_s), key in zip(claims, wanted, strict=True):
+            leases[key] = max(lease_s, leases.get(key, lease_s))
+        rows = await conn.fetch(
+            self._statement("claim_many"), list(leases), [float(v) for v in leases.values()]
+        )
+        claimed: dict[Any, dict[str, Any]] = {row["id"]: dict(row) for row in rows}
+        return [claimed.pop(key, None) for key in wanted]
+
+    async def mark_sent_many(
+        self, conn: asyncpg.Connection, sends: Sequence[tuple[Any, str | None]]
+    ) -> list[bool]:
+        """`mark_sent` for each (row id, provider id) in one statement: per send whether it
+        moved the row. Of several sends of one row, the first one's counts."""
+        wanted = _keys(row_id for row_id, _ in sends)
+        provider_ids: dict[Any, str | None] = {}
+        for (_, provider_id), key in zip(sends, wanted, strict=True):
+            provider_ids.setdefault(key, provider_id)
+        rows = await conn.fetch(
+            self._statement("sent_many"), list(provider_ids), list(provider_ids.values())
+        )
+        moved = {row["id"] for row in rows}
+        answers = []
+        for key in wanted:
+            answers.append(key in moved)
+            moved.discard(key)
+        return answers
 
     async def peek(self, db: Db, row_id: Any) -> Peek | None:
         """The status of a row we could not claim, or None if it does not exist."""

@@ -25,6 +25,7 @@ from relaybox.common.faults import failpoint
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import DEAD, enqueue, retry_destination
 from relaybox.consumer import metrics
+from relaybox.consumer.batching import Coalescer
 from relaybox.consumer.deadletters import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
@@ -144,6 +145,18 @@ class SendingHandler(DatabaseWork, ABC):
         self.limiter = limiter
         # Recording SENT is one statement unless the handler adds work to it (`after_sent`).
         self._sent_in_one_statement = type(self).after_sent is SendingHandler.after_sent
+        # Claims, and SENT records, asked for while one such statement runs go together in the
+        # next one (group commit, `batching`).
+        self._claims: Coalescer[tuple[Any, float], dict[str, Any] | None] = Coalescer(
+            lambda claims: self.in_statement(lambda c: self.table.claim_many(c, claims)),
+            lambda claim: self.in_statement(lambda c: self.table.claim(c, *claim)),
+            shared=database_outage,
+        )
+        self._sends: Coalescer[tuple[Any, str | None], bool] = Coalescer(
+            lambda sends: self.in_statement(lambda c: self.table.mark_sent_many(c, sends)),
+            lambda sent: self.in_statement(lambda c: self.table.mark_sent(c, *sent)),
+            shared=database_outage,
+        )
 
     @abstractmethod
     async def send(self, row: dict[str, Any], payload: dict[str, Any]) -> str | None:
@@ -181,9 +194,7 @@ class SendingHandler(DatabaseWork, ABC):
         slot = await self._reserve()
         planned_wait = slot.wait_s if slot is not None else 0.0
         try:
-            row = await self.in_statement(
-                lambda c: self.table.claim(c, row_id, self.settings.lease_s + planned_wait)
-            )
+            row = await self._claims.submit((row_id, self.settings.lease_s + planned_wait))
         except BaseException:
             self._release(slot)
             raise
@@ -278,7 +289,7 @@ class SendingHandler(DatabaseWork, ABC):
         """SENT with the provider's id, and the handler's `after_sent` work in the same
         transaction."""
         if self._sent_in_one_statement:
-            await self.in_statement(lambda c: self.table.mark_sent(c, row_id, provider_id))
+            await self._sends.submit((row_id, provider_id))
             return
 
         async def record(conn: AsyncConnection) -> None:
