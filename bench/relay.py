@@ -42,7 +42,7 @@ from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.publisher.relay import Relay
 from relaybox.publisher.settings import PublisherSettings
 
-TARGET_RATIO = 0.8
+TARGET_RATIO = 1.0
 HEADERS = {
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     "x-correlation-id": "bench",

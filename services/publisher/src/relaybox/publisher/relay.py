@@ -9,12 +9,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import cast
 
-import aio_pika
+import aiormq
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from pamqp import commands as spec
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +26,7 @@ from relaybox.common.messaging.broker import connect
 from relaybox.common.messaging.topology import Topology
 from relaybox.common.outbox import EVENTS, NOTIFY_CHANNEL
 from relaybox.publisher import metrics
+from relaybox.publisher.confirms import Outgoing, Verdict, publish_confirmed
 from relaybox.publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ WHERE id = $1
 BACKLOG = text(
     "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
 )
+PERSISTENT, NOT_PERSISTENT = 2, 1  # AMQP delivery modes
 TRANSIENT = (
     OSError,
     ConnectionError,
@@ -61,6 +64,14 @@ TRANSIENT = (
     DBAPIError,
     asyncpg.PostgresError,
 )
+
+
+async def _rollback(conn: asyncpg.Connection) -> None:
+    """End a failed batch's transaction (its rows stay, unlocked), unless the connection is
+    lost anyway."""
+    if not conn.is_closed() and conn.is_in_transaction():
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
 
 
 @dataclass(frozen=True)
@@ -162,19 +173,26 @@ class Relay:
     async def publish_batch(self) -> int:
         """Claim up to batch_size rows, publish them, delete the confirmed ones; rows claimed.
 
-        A connection lost under the batch rolls it back (the rows stay, unlocked) and the batch
-        runs once more on a fresh connection: what was published already goes out again, which
-        at-least-once allows (the consumers' claim makes a second copy a no-op).
+        Three round trips to the database: BEGIN, the claim, and the delete with the COMMIT in
+        one simple query; and one write to the broker for the whole batch. A connection lost
+        under the batch rolls it back (the rows stay, unlocked) and the batch runs once more on
+        a fresh connection: what was published already goes out again, which at-least-once
+        allows (the consumers' claim makes a second copy a no-op).
         """
 
         async def batch(conn: asyncpg.Connection, _repeated: bool) -> int:
-            async with conn.transaction():
+            await conn.execute("BEGIN")
+            try:
                 rows = await conn.fetch(CLAIM, self.settings.batch_size)
                 if not rows:
+                    await conn.execute("COMMIT")
                     return 0
-                outcomes = await asyncio.gather(*(self._publish(row) for row in rows))
+                outcomes = await self._publish(rows)
                 failpoint("publisher.after_publish", self.settings.faults)
-                await self._settle(conn, rows, outcomes)
+                await self._settle(conn, rows, outcomes)  # ... and COMMIT
+            except BaseException:
+                await _rollback(conn)
+                raise
             return len(rows)
 
         count = await run_on_driver(self._engine, batch)
@@ -188,54 +206,74 @@ class Relay:
         metrics.BACKLOG.set(count)
         metrics.OLDEST_AGE.set(float(age))
 
-    # -- one message -----------------------------------------------------------------------
+    # -- the batch's messages -----------------------------------------------------------------
 
-    async def _publish(self, row: Any) -> Outcome:
-        exchange_name = self.topology.exchange_for(row["destination"])
-        exchange = self._exchanges.get(exchange_name or "")
-        if exchange is None:
-            metrics.RETURNS.inc()
-            return Outcome(row["id"], f"unknown destination {row['destination']!r}")
-        headers = dict(row["headers"])
+    async def _publish(self, rows: list[asyncpg.Record]) -> list[Outcome]:
+        """Publish the rows in order, as one write, and wait for the broker's verdict on each."""
+        outcomes: list[Outcome | None] = [None] * len(rows)
+        outgoing: list[Outgoing] = []
+        sent: list[int] = []  # the index of each row in `outgoing`
+        for index, row in enumerate(rows):
+            message = self._message(row)
+            if message is None:
+                metrics.RETURNS.inc()
+                outcomes[index] = Outcome(row["id"], f"unknown destination {row['destination']!r}")
+            else:
+                outgoing.append(message)
+                sent.append(index)
+        if outgoing:
+            assert self._channel is not None
+            channel = await self._channel.get_underlay_channel()
+            started = time.perf_counter()
+            verdicts = await publish_confirmed(
+                cast(aiormq.Channel, channel), outgoing, self.settings.publish_timeout_s
+            )
+            latency = time.perf_counter() - started
+            now = datetime.now(UTC)
+            for index, verdict in zip(sent, verdicts, strict=True):
+                row = rows[index]
+                outcomes[index] = self._outcome(row, verdict, latency, now)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _message(self, row: asyncpg.Record) -> Outgoing | None:
+        """The row as a message, or None when its destination has no exchange."""
+        destination = row["destination"]
+        exchange = self.topology.exchange_for(destination)
+        if exchange is None or exchange not in self._exchanges:
+            return None
         # A chat event goes to the replicas its users are connected to, or to none: nobody
         # connected is not an error (a client that connects later resumes from PostgreSQL), and
         # it is not kept across a broker restart (the replicas' queues are not).
-        live_event = row["destination"] == EVENTS
-        message = aio_pika.Message(
-            body=json.dumps(row["payload"], separators=(",", ":")).encode(),
-            message_id=str(row["message_id"]),
+        live_event = destination == EVENTS
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=(
-                aio_pika.DeliveryMode.NOT_PERSISTENT
-                if live_event
-                else aio_pika.DeliveryMode.PERSISTENT
-            ),
+            delivery_mode=NOT_PERSISTENT if live_event else PERSISTENT,
+            headers=dict(row["headers"]),
+            message_id=str(row["message_id"]),
+            priority=0,
             timestamp=row["created_at"],
-            headers=headers,
         )
-        started = time.perf_counter()
-        try:
-            await exchange.publish(
-                message,
-                routing_key=row["routing_key"],
-                mandatory=not live_event,
-                timeout=self.settings.publish_timeout_s,
-            )
-        except PublishError:
+        body = json.dumps(row["payload"], separators=(",", ":")).encode()
+        return Outgoing(exchange, row["routing_key"], body, properties, not live_event)
+
+    def _outcome(
+        self, row: asyncpg.Record, verdict: Verdict, latency: float, now: datetime
+    ) -> Outcome:
+        if isinstance(verdict, PublishError):
             metrics.RETURNS.inc()
             return Outcome(row["id"], f"unroutable: no queue bound for {row['routing_key']!r}")
-        except DeliveryError:
+        if isinstance(verdict, DeliveryError):
             metrics.NACKS.inc()
             return Outcome(row["id"], "nacked by the broker")
         metrics.CONFIRMS.inc()
-        metrics.PUBLISH_LATENCY.observe(time.perf_counter() - started)
-        metrics.RELAY_LAG.observe((datetime.now(UTC) - row["created_at"]).total_seconds())
+        metrics.PUBLISH_LATENCY.observe(latency)
+        metrics.RELAY_LAG.observe((now - row["created_at"]).total_seconds())
         return Outcome(row["id"])
 
-    async def _settle(self, conn: asyncpg.Connection, rows: Any, outcomes: list[Outcome]) -> None:
-        confirmed = [o.row_id for o in outcomes if o.error is None]
-        if confirmed:
-            await conn.execute(DELETE, confirmed)
+    async def _settle(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], outcomes: list[Outcome]
+    ) -> None:
+        """Postpone the refused rows, delete the confirmed ones and commit."""
         attempts = {row["id"]: row["publish_attempts"] for row in rows}
         for outcome in outcomes:
             if outcome.error is None:
@@ -249,6 +287,12 @@ class Relay:
                 extra={"outbox_id": outcome.row_id, "error": outcome.error, "delay_s": delay},
             )
             await conn.execute(POSTPONE, outcome.row_id, outcome.error, float(delay))
+        confirmed = [o.row_id for o in outcomes if o.error is None]
+        # One round trip: the DELETE and the COMMIT in one simple query. The ids are the
+        # table's own bigints (int() keeps the text a list of numbers).
+        ids = ",".join(str(int(row_id)) for row_id in confirmed)
+        delete = f"DELETE FROM outbox WHERE id = ANY('{{{ids}}}'::bigint[])"  # noqa: S608
+        await conn.execute(f"{delete}; COMMIT")
 
     # -- waking ----------------------------------------------------------------------------
 
