@@ -1,4 +1,4 @@
-"""SMTP provider (aiosmtplib): 4xx and connection trouble are retryable, 5xx permanent."""
+"""SMTP provider: 4xx and connection trouble are retryable, 5xx permanent."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import sys
 import time
 from email.message import EmailMessage
 
-import aiosmtplib
+from aiosmtplib.email import extract_recipients, extract_sender, flatten_message, parse_address
 from pydantic import BaseModel, Field
 
 from relaybox.consumer.providers.base import OutgoingEmail, PermanentError, RetryableError
+from relaybox.consumer.providers.smtp_session import (
+    SessionLostError,
+    SessionSettings,
+    SmtpReplyError,
+    SmtpSession,
+    SmtpSessionError,
+)
 
 
 class SmtpSettings(BaseModel):
@@ -30,7 +37,7 @@ class SmtpSettings(BaseModel):
 
 
 MESSAGE_ID_DOMAIN = "relaybox"
-SMTP_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)
+SMTP_ERRORS = (SmtpReplyError, SmtpSessionError, OSError, EOFError, TimeoutError)
 
 
 def message_id_for(email_id: str) -> str:
@@ -135,23 +142,29 @@ def _boundary(payloads: bytes) -> bytes:
     return boundary
 
 
-def _completed(code: int) -> bool:
-    return 200 <= code < 300
-
-
 def _classify(code: int, message: str) -> RetryableError | PermanentError:
     text = f"SMTP {code}: {message}"
     return RetryableError(text) if 400 <= code < 500 else PermanentError(text)
 
 
 class SmtpProvider:
-    """Sends over a small pool of SMTP sessions that stay open between emails."""
+    """Sends over a small pool of SMTP sessions that stay open between emails (pipelined
+    when the server offers it: `smtp_session`)."""
 
     name = "smtp"
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._session_settings = SessionSettings(
+            host=settings.host,
+            port=settings.port,
+            timeout_s=settings.timeout_s,
+            use_tls=settings.use_tls,
+            start_tls=settings.start_tls,
+            username=settings.username,
+            password=settings.password,
+        )
+        self._idle: list[tuple[SmtpSession, float]] = []
         self._slots = asyncio.Semaphore(settings.pool_size)
 
     async def prepare(self) -> None:
@@ -160,82 +173,73 @@ class SmtpProvider:
     async def send(self, email: OutgoingEmail) -> str:
         raw = render_simple(email)
         async with self._slots:
-            smtp, reused = await self._checkout()
+            session, reused = await self._checkout()
             try:
                 try:
-                    await _transmit(smtp, email, raw)
-                except aiosmtplib.SMTPServerDisconnected:
+                    await _transmit(session, email, raw)
+                except SessionLostError:
                     if not reused:
                         raise
-                    # The server dropped an idle session: one more try on a fresh one.
-                    smtp.close()
-                    smtp, _ = await self._checkout(fresh=True)
-                    await _transmit(smtp, email, raw)
-            except aiosmtplib.SMTPDataError as exc:
-                smtp.close()  # never reuse a session after an unexpected reply
-                if not _completed(exc.code):
-                    raise _translate(exc) from None
-                # Any 2yz reply means "completed" (RFC 5321 4.2.1): the server took the message.
+                    # The server dropped an idle session before taking anything of the
+                    # message: one more try on a fresh one.
+                    session.close()
+                    session, _ = await self._checkout(fresh=True)
+                    await _transmit(session, email, raw)
             except SMTP_ERRORS as exc:
-                smtp.close()
+                session.close()  # never reuse a session after an unexpected reply
                 raise _translate(exc) from None
             except BaseException:
-                smtp.close()  # cancelled mid-session: never reuse it
+                session.close()  # cancelled mid-session: never reuse it
                 raise
             else:
-                self._idle.append((smtp, time.monotonic()))
+                self._idle.append((session, time.monotonic()))
         return message_id_for(email.id)
 
-    async def _checkout(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _checkout(self, *, fresh: bool = False) -> tuple[SmtpSession, bool]:
         """An open session: the most recently used idle one, else a new connection."""
         now = time.monotonic()
         while self._idle and not fresh:
-            smtp, last_used = self._idle.pop()
-            if smtp.is_connected and now - last_used < self._settings.idle_s:
-                return smtp, True
-            smtp.close()
-        s = self._settings
-        smtp = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            username=s.username,
-            password=s.password,
-            use_tls=s.use_tls,
-            start_tls=s.start_tls,
-            timeout=s.timeout_s,
-        )
+            session, last_used = self._idle.pop()
+            if session.usable and now - last_used < self._settings.idle_s:
+                return session, True
+            session.close()
         try:
-            await smtp.connect()
+            return await SmtpSession.open(self._session_settings), False
         except SMTP_ERRORS as exc:
-            smtp.close()
             raise _translate(exc) from None
-        return smtp, False
 
     async def close(self) -> None:
         while self._idle:
-            smtp, _ = self._idle.pop()
-            try:
-                await smtp.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                smtp.close()
+            session, _ = self._idle.pop()
+            await session.quit()
 
 
-async def _transmit(smtp: aiosmtplib.SMTP, email: OutgoingEmail, raw: bytes | None) -> None:
-    """One mail transaction. The pre-rendered message goes as `send_message` would send it
-    (same envelope, BODY=8BITMIME when offered) once the session has greeted; otherwise (or
-    outside the simple case) `send_message` builds and sends it, greeting first."""
-    if raw is not None and not smtp.is_ehlo_or_helo_needed:
-        options = ["BODY=8BITMIME"] if smtp.supports_extension("8BITMIME") else []
-        await smtp.sendmail(email.from_, [email.to], raw, mail_options=options)
-    else:
-        await smtp.send_message(build_message(email))
+async def _transmit(session: SmtpSession, email: OutgoingEmail, raw: bytes | None) -> None:
+    """One mail transaction, with the envelope and options aiosmtplib's `send_message` would
+    use: BODY=8BITMIME when offered, SMTPUTF8 when an address needs it. The pre-rendered
+    message goes as it is; otherwise the email package builds and flattens it."""
+    options = ["BODY=8BITMIME"] if session.supports("8BITMIME") else []
+    if raw is not None:  # simple addresses: nothing to parse out of them
+        await session.transaction(email.from_, [email.to], raw, options)
+        return
+    message = build_message(email)
+    sender = extract_sender(message)
+    recipients = extract_recipients(message)
+    if sender is None or not recipients:
+        raise ValueError("the message names no sender or no recipient")
+    addresses = [parse_address(a) for a in (sender, *recipients)]
+    utf8 = not all(a.isascii() for a in addresses)
+    if utf8:
+        if not session.supports("SMTPUTF8"):
+            raise SmtpSessionError("an address needs SMTPUTF8, which the server does not offer")
+        options.append("SMTPUTF8")
+    cte_type = "8bit" if session.supports("8BITMIME") else "7bit"
+    flat = flatten_message(message, utf8=utf8, cte_type=cte_type)
+    await session.transaction(addresses[0], addresses[1:], flat, options)
 
 
-def _translate(exc: Exception) -> RetryableError | PermanentError:
-    """An aiosmtplib or network failure as a provider error."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        first = exc.recipients[0]
-        return _classify(first.code, first.message)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _classify(exc.code, exc.message)
+def _translate(exc: BaseException) -> RetryableError | PermanentError:
+    """A negative reply or a network failure as a provider error."""
+    if isinstance(exc, SmtpReplyError):
+        return _classify(exc.code, exc.text)
     return RetryableError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
