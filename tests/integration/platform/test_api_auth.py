@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import warnings
@@ -19,6 +20,7 @@ from relaybox.api.auth import (
     PUBLIC_PATHS,
     RATE_LIMITED,
     SCOPE,
+    CachingJWTAuthenticationMiddleware,
     InsecureSecretError,
     check_secret,
     issue_token,
@@ -272,3 +274,34 @@ def test_the_dev_webhook_secret_is_refused_outside_dev_mode(api_settings: ApiSet
     with pytest.raises(InsecureSecretError, match="RELAYBOX_PUSH__WEBHOOK_SECRET"):
         check_secret(dev_push)
     check_secret(dev_push.model_copy(update={"dev_mode": True}))
+
+
+async def test_a_verified_token_is_remembered_and_let_through_from_the_raw_headers(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request verifies the token; the next ones with the same token take the
+    middleware's fast path (no verification), as the same client."""
+    verified: list[str] = []
+    verify = CachingJWTAuthenticationMiddleware.authenticate_token
+
+    async def counting(self: Any, encoded_token: str, connection: Any) -> Any:
+        verified.append(encoded_token)
+        return await verify(self, encoded_token, connection)
+
+    monkeypatch.setattr(CachingJWTAuthenticationMiddleware, "authenticate_token", counting)
+    token = signed()
+    for _ in range(3):
+        response = await call(client, "GET", "/logs/email", f"Bearer {token}")
+        assert response.status_code == 200, response.text
+    assert verified == [token]
+    other = signed(sub="someone-else")
+    assert (await call(client, "GET", "/logs/email", f"Bearer {other}")).status_code == 200
+    assert verified == [token, other]  # another token is verified on its own
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(client: httpx.AsyncClient) -> None:
+    expires = int(time.time()) + 2
+    token = signed(exp=expires)
+    assert (await call(client, "GET", "/logs/email", f"Bearer {token}")).status_code == 200
+    await asyncio.sleep(expires + 0.1 - time.time())
+    assert_401(await call(client, "GET", "/logs/email", f"Bearer {token}"))

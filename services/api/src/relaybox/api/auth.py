@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException
+from litestar.middleware._utils import should_bypass_middleware
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+from litestar.types import Receive, Scope, Send
 from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -121,6 +124,37 @@ class CachingJWTAuthenticationMiddleware(JWTAuthenticationMiddleware):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._verified: dict[str, tuple[float, AuthenticationResult]] = {}
+        self._header = self.auth_header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request bearing a token verified before (the common case) is let through here,
+        from the raw headers; anything else takes Litestar's way (which builds a connection and
+        its headers object first, a few percent of a POST /send)."""
+        if scope["type"] == ScopeType.HTTP and (known := self._remembered(scope)) is not None:
+            if not should_bypass_middleware(
+                exclude_http_methods=self.exclude_http_methods,
+                exclude_opt_key=self.exclude_opt_key,
+                exclude_path_pattern=self.exclude,
+                scope=scope,
+                scopes=self.scopes,
+            ):
+                scope["user"] = known.user
+                scope["auth"] = known.auth
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _remembered(self, scope: Scope) -> AuthenticationResult | None:
+        """The verification of the request's token if it is remembered and not expired (read
+        as Litestar reads it: the first such header, the text after its first space)."""
+        for name, value in scope["headers"]:
+            if name == self._header:
+                token = value.decode("latin-1").partition(" ")[-1]
+                known = self._verified.get(token)
+                if known is not None and time.time() < known[0]:
+                    return known[1]
+                return None
+        return None
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]

@@ -3,6 +3,7 @@ Idempotency-Key answer in one round trip)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC
@@ -122,7 +123,7 @@ async def accept_email(
     Safe to repeat after a lost connection (`run_on_driver`): a repeat writes under the same
     email id, so if the first run committed, the repeat writes nothing and answers with it.
     """
-    email_id = uuid.uuid4()
+    email_id, message_id = _new_ids()
     key = idempotency
     args = (
         email_id,
@@ -132,7 +133,7 @@ async def accept_email(
         request.subject,
         request.text,
         request.html,
-        uuid.uuid4(),  # the outbox message id
+        message_id,  # the outbox message id
         WORK,
         EMAIL_SEND,
         msgspec.json.encode(trace_headers(correlation_id)).decode(),
@@ -159,6 +160,13 @@ async def accept_email(
         return StoredResponse.of(202, accepted)
 
     return await run_on_driver(engine, accept)
+
+
+def _new_ids() -> tuple[uuid.UUID, uuid.UUID]:
+    """Two random (version 4) UUIDs, as `uuid.uuid4()` makes them, from one read of the OS's
+    random source."""
+    raw = os.urandom(32)
+    return uuid.UUID(bytes=raw[:16], version=4), uuid.UUID(bytes=raw[16:], version=4)
 
 
 def _replayed(stored: StoredResponse) -> StoredResponse:
