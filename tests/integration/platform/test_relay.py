@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -158,3 +159,50 @@ async def test_a_batch_without_confirms_in_time_keeps_its_rows(
     await asyncio.sleep(0.5)  # the timed-out batch's copies may have arrived too
     depth = len(await drain_queue(broker_settings.url, topology.queue(EMAIL_SEND)))
     assert 50 <= depth <= 100  # at least once
+
+
+async def test_under_a_stream_the_relay_lingers_and_a_lone_row_goes_at_once(
+    engine: AsyncEngine,
+    topology: Topology,
+    db_settings: DatabaseSettings,
+    broker_settings: BrokerSettings,
+) -> None:
+    """`linger_s`: rows that come within the linger of the last batch with rows wait for the
+    ones that follow them (one batch); a row after a quiet spell is published at once."""
+    relay = Relay(publisher_settings(db_settings, broker_settings, linger_s=0.5), engine)
+    batches: list[tuple[float, int]] = []
+    publish = relay.publish_batch
+    published = asyncio.Condition()
+
+    async def recorded() -> int:
+        count = await publish()
+        if count:
+            batches.append((time.monotonic(), count))
+            async with published:
+                published.notify_all()
+        return count
+
+    async def until_published(rows: int) -> None:
+        async with published:
+            await asyncio.wait_for(
+                published.wait_for(lambda: sum(n for _, n in batches) >= rows), 10
+            )
+
+    relay.publish_batch = recorded  # type: ignore[method-assign]
+    await relay.start(connect_attempts=3)
+    running = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.3)  # listening, idle
+        started = time.monotonic()
+        await add(engine)  # after a quiet spell
+        await until_published(1)
+        assert batches[0][0] - started < 0.4  # at once, not after the 0.5 s linger
+        await add(engine)  # a stream now: this one waits for the next
+        await asyncio.sleep(0.1)
+        await add(engine)
+        await until_published(3)
+        assert [n for _, n in batches] == [1, 2]
+    finally:
+        relay.stop()
+        await running
+        await relay.close()

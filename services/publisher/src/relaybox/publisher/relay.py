@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -146,10 +147,13 @@ class Relay:
         """Relay until `stop()`: batch after batch, then sleep until NOTIFY or the poll interval."""
         backoff = 0.1
         metrics_due = 0.0
+        last_rows = -math.inf  # when the latest batch with rows ended
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 count = await self.publish_batch()
+                if count:
+                    last_rows = time.monotonic()
                 if time.monotonic() >= metrics_due:
                     await self.refresh_backlog_metrics()
                     metrics_due = time.monotonic() + self.settings.metrics_interval_s
@@ -162,6 +166,12 @@ class Relay:
                 continue
             if count < self.settings.batch_size:
                 await self._sleep(self.settings.poll_interval_s, wakeable=True)
+                linger = self.settings.linger_s
+                if linger and time.monotonic() - last_rows <= linger:
+                    # A stream (rows again within `linger` of the last batch that had some):
+                    # gather what arrives for a moment, so that each batch's round trips serve
+                    # more rows. A row after a quiet spell goes at once.
+                    await self._sleep(linger)
 
     async def drain(self) -> int:
         """Publish until no row is available; returns how many were published (tests, shutdown)."""

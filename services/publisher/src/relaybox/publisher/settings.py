@@ -13,6 +13,13 @@ class PublisherSettings(ServiceSettings):
 
     batch_size: int = Field(default=200, ge=1, le=5000)
     poll_interval_s: float = Field(default=1.0, gt=0, description="backstop poll when no NOTIFY")
+    linger_s: float = Field(
+        default=0.005,
+        ge=0,
+        le=1.0,
+        description="under a steady stream of rows, wait this long after a wake-up so the next "
+        "batch takes what arrives meanwhile (fewer, larger batches); 0: never",
+    )
     publish_timeout_s: float = Field(default=10.0, gt=0)
     retry_backoff_s: float = Field(default=1.0, gt=0, description="first delay after a nack/return")
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
