@@ -48,6 +48,10 @@ from relaybox.common import runtime
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
+REFERENCE_RATE = 200.0  # the rate the latency targets were set at, and the CPU target (issue 15)
+HIGH_RATE = 400.0  # the full run's second rate: the pipeline must hold it on two cores
+TARGET_HIGH_P99_MS = 50.0  # at HIGH_RATE and above
+TARGET_CPU_MS = 3.5  # CPU per email across every process, at REFERENCE_RATE
 ANSWER_TIMEOUT_S = 30.0  # after the last request was sent
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^@>\s]+)@", re.IGNORECASE | re.MULTILINE)
 
@@ -398,14 +402,20 @@ def summarize(outcome: Outcome, spec: Spec) -> Result:
             + ", ".join(f"{name} {ms:.1f} ms" for name, ms in outcome.stages_ms.items())
         )
     metrics["cpu_ms_per_email"] = {name: round(ms, 2) for name, ms in per_email.items()}
+    metrics["cpu_ms_per_email_total"] = round(total_ms, 2)
+    pipeline_ms = sum(ms for name, ms in per_email.items() if name != CpuMeter.SELF)
+    metrics["cpu_ms_per_email_pipeline"] = round(pipeline_ms, 2)  # without the load and sink
     metrics["cpu_cores_needed"] = round(total_ms * spec.rate / 1000, 2)
     if load.behind_ms > 50:
         notes.append(f"the load generator fell behind schedule by up to {load.behind_ms:.0f} ms")
+    p99_limit = TARGET_HIGH_P99_MS if spec.rate >= HIGH_RATE else TARGET_P99_MS
     targets = [
         Target("p50_ms", "<", TARGET_P50_MS),
-        Target("p99_ms", "<", TARGET_P99_MS),
+        Target("p99_ms", "<", p99_limit),
         Target("lost", "<", 1),
     ]
+    if spec.rate == REFERENCE_RATE:
+        targets.append(Target("cpu_ms_per_email_total", "<", TARGET_CPU_MS))
     return Result(
         name="e2e_latency",
         columns=["latency (ms)", "n", "p50", "p90", "p99", "max"],
@@ -416,14 +426,36 @@ def summarize(outcome: Outcome, spec: Spec) -> Result:
     )
 
 
+def combine(first: Result, second: Result, rate: float) -> Result:
+    """Two runs as one result: the first's metrics as they are, the second's (at `rate`) with
+    an `_at_<rate>` suffix, each with its own targets."""
+    suffix = f"_at_{rate:g}"
+    metrics = {**first.metrics, **{f"{k}{suffix}": v for k, v in second.metrics.items()}}
+    targets = first.targets + [Target(f"{t.metric}{suffix}", t.op, t.limit) for t in second.targets]
+    label = f"@{first.metrics['rate_per_s']:g}/s"
+    rows = [[f"{row[0]} {label}", *row[1:]] for row in first.rows]
+    rows += [[f"{row[0]} @{rate:g}/s", *row[1:]] for row in second.rows]
+    notes = [f"{label}: {n}" for n in first.notes] + [f"@{rate:g}/s: {n}" for n in second.notes]
+    return Result(first.name, first.columns, rows, metrics, targets, notes)
+
+
 def run(
     *,
     quick: bool = False,
-    rate: float = 200.0,
+    rate: float | None = None,
     seconds: float | None = None,
     keyed: bool = True,
     client: str = "raw",
 ) -> Result:
+    """One run at `rate`; without one, at REFERENCE_RATE, then (unless `quick`) at HIGH_RATE."""
+    rates = (
+        [rate] if rate is not None else [REFERENCE_RATE] if quick else [REFERENCE_RATE, HIGH_RATE]
+    )
+    results = [_run_at(r, quick=quick, seconds=seconds, keyed=keyed, client=client) for r in rates]
+    return results[0] if len(results) == 1 else combine(results[0], results[1], rates[1])
+
+
+def _run_at(rate: float, *, quick: bool, seconds: float | None, keyed: bool, client: str) -> Result:
     spec = Spec(
         rate=rate,
         warmup_s=1.0 if quick else 2.0,
@@ -443,7 +475,12 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__ or "")
-    parser.add_argument("--rate", type=float, default=200.0, help="emails per second")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help=f"emails per second (default: {REFERENCE_RATE:g}, then {HIGH_RATE:g} unless --quick)",
+    )
     parser.add_argument("--seconds", type=float, default=None, help="measured duration")
     parser.add_argument("--client", choices=CLIENTS, default="raw", help="load generator")
     parser.add_argument(
