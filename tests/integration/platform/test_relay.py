@@ -14,6 +14,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from aiormq.exceptions import AMQPError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +23,7 @@ from relaybox.common.outbox import EVENTS, enqueue
 from relaybox.common.settings import BrokerSettings, DatabaseSettings
 from relaybox.publisher.relay import Relay
 from tests.support.broker import drain_queue
-from tests.support.pipeline import publisher_settings
+from tests.support.pipeline import eventually, publisher_settings
 
 HEADERS = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 
@@ -206,3 +207,33 @@ async def test_under_a_stream_the_relay_lingers_and_a_lone_row_goes_at_once(
         relay.stop()
         await running
         await relay.close()
+
+
+async def test_a_channel_the_broker_closes_mid_batch_loses_nothing(
+    relay: Relay, engine: AsyncEngine, topology: Topology, broker_settings: BrokerSettings
+) -> None:
+    """A batch publishing to an exchange the broker no longer has: the broker closes the
+    channel, every confirmation still pending fails, the batch rolls back (its rows stay);
+    aio-pika's robust channel reopens and declares the exchange again, and the next batches
+    publish every row."""
+    admin = await aio_pika.connect(broker_settings.url)
+    async with admin:
+        channel = await admin.channel()
+        await channel.exchange_delete(topology.events_exchange)
+    await add(engine, routing_key="chat.nobody", destination=EVENTS)
+    email = await add(engine)
+    with pytest.raises(AMQPError):
+        await relay.publish_batch()
+    assert len(await outbox(engine)) == 2  # nothing deleted
+    running = asyncio.create_task(relay.run())
+
+    async def published() -> bool:
+        return not await outbox(engine)
+
+    try:
+        await eventually(published)
+    finally:
+        relay.stop()
+        await running
+    taken = await drain_queue(broker_settings.url, topology.queue(EMAIL_SEND))
+    assert str(email) in [m.message_id for m in taken]

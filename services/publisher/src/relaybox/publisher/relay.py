@@ -14,7 +14,7 @@ from typing import cast
 
 import aiormq
 import asyncpg
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 from pamqp import commands as spec
 from sqlalchemy import text
@@ -92,7 +92,7 @@ class Relay:
         self._engine = engine or create_engine(settings.database)
         self._owns_engine = engine is None
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -232,18 +232,26 @@ class Relay:
                 outgoing.append(message)
                 sent.append(index)
         if outgoing:
-            assert self._channel is not None
-            channel = await self._channel.get_underlay_channel()
+            channel = await self._underlay()
             started = time.perf_counter()
-            verdicts = await publish_confirmed(
-                cast(aiormq.Channel, channel), outgoing, self.settings.publish_timeout_s
-            )
+            verdicts = await publish_confirmed(channel, outgoing, self.settings.publish_timeout_s)
             latency = time.perf_counter() - started
             now = datetime.now(UTC)
             for index, verdict in zip(sent, verdicts, strict=True):
                 row = rows[index]
                 outcomes[index] = self._outcome(row, verdict, latency, now)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _underlay(self) -> aiormq.Channel:
+        """The robust channel's current aiormq channel, once it is restored: a channel the
+        broker closed (or a lost connection) is reopened and its topology declared again, and a
+        publish in between would race the declarations (a message to an exchange not declared
+        yet closes the channel again, and the restore fails with it). Waits at most the publish
+        timeout (TimeoutError: the batch is tried again)."""
+        assert self._channel is not None
+        async with asyncio.timeout(self.settings.publish_timeout_s):
+            await self._channel.ready()
+        return cast(aiormq.Channel, await self._channel.get_underlay_channel())
 
     def _message(self, row: asyncpg.Record) -> Outgoing | None:
         """The row as a message, or None when its destination has no exchange."""
