@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from relaybox.api.fields import NO_NUL, SINGLE_LINE
+from relaybox.common.addresses import normalize as normalize_address
 
 MAX_BODY = 10_000
 MAX_ADDRESS = 254  # the longest address email-validator accepts (RFC 5321's path limit)
@@ -52,42 +51,14 @@ _ADDRESS: dict[str, Any] = {
 
 
 def _address(value: str) -> str:
-    if (plain := plain_address(value)) is not None:
+    # Plain addresses (most) without email-validator's general machinery: a fifth of a
+    # POST /send's Python. The fast path vouches only for what email-validator accepts too.
+    if (plain := normalize_address(value)) is not None:
         return plain
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address: {exc}") from None
-
-
-# The common address, checked without email-validator's general machinery (a fifth of a
-# POST /send's Python: Unicode normalization, IDNA remapping, label by label): an ASCII dot-atom
-# local part and an ASCII host name whose last label ends with a letter. What this accepts,
-# email-validator accepts too and normalizes the same way (the domain lowercased, as its UTS-46
-# remap does; the local part as it is); anything else, including every case email-validator
-# treats specially (case-insensitive mailbox names, Punycode, special-use domains, lengths near
-# the limits), goes to email-validator (tests/unit/test_address_fast_path.py compares them).
-_ATEXT = r"[A-Za-z0-9_!#$%&'*+/=?^`{|}~-]"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PLAIN_ADDRESS = re.compile(
-    rf"({_ATEXT}+(?:\.{_ATEXT}+)*)@((?:{_LABEL}\.)+(?:[A-Za-z0-9][A-Za-z0-9-]{{0,61}})?[A-Za-z])"
-)
-_SPECIAL_USE = tuple(SPECIAL_USE_DOMAIN_NAMES)
-_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
-
-
-def plain_address(value: str) -> str | None:
-    """`value` normalized as email-validator would, when it is a plain ASCII address; None
-    when it is not (then email-validator decides)."""
-    match = _PLAIN_ADDRESS.fullmatch(value)
-    if match is None or len(value) > 200:
-        return None
-    local, domain = match.group(1), match.group(2).lower()
-    if len(local) > 64 or "--" in domain or local.lower() in _MAILBOX_NAMES:
-        return None
-    if any(domain == name or domain.endswith("." + name) for name in _SPECIAL_USE):
-        return None
-    return f"{local}@{domain}"
 
 
 def _body_field(description: str, **extra: Any) -> Any:
