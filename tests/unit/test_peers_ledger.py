@@ -102,4 +102,5 @@ def test_descendants_finds_grandchildren_and_start_time_identifies_them() -> Non
         for pid in [*descendants(parent.pid), parent.pid]:
             subprocess.run(["kill", "-9", str(pid)], check=False)
         parent.wait(10)
-    assert start_time(found[0]) is None  # gone: a reused pid would show another start time
+    # (Whether the killed grandchild's pid is gone depends on who reaps orphans: a container's
+    # PID 1 may leave it a zombie, which still has a start time. Not asserted.)
