@@ -397,3 +397,38 @@ async def test_starttls_refused_by_a_server_without_it_is_retryable() -> None:
     async with aiosmtpd_server(Recorder()) as port:
         with pytest.raises(RetryableError, match="STARTTLS"):
             await send_with(port, email(), start_tls=True)
+
+
+async def test_the_pool_bounds_open_sessions_and_reuses_them() -> None:
+    """Twelve sends at once through a pool of 3 against a slow server: never more than 3
+    sessions open, and those 3 carry every email (no connection per send)."""
+    open_now = peak = opened = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak, opened
+        opened += 1
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            await greet(reader, writer, "PIPELINING")
+            while (await reader.readline()).upper().startswith(b"MAIL"):
+                for _ in range(2):
+                    await reader.readline()
+                await asyncio.sleep(0.02)  # a relay far away: sends overlap
+                writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+                await read_data(reader)
+                writer.write(b"250 queued\r\n")
+                await writer.drain()
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+        finally:
+            open_now -= 1
+            writer.close()
+
+    async with scripted_server(script) as port:
+        provider = SmtpProvider(SmtpSettings(port=port, timeout_s=5, pool_size=3))
+        try:
+            await asyncio.gather(*(provider.send(email(n)) for n in range(12)))
+        finally:
+            await provider.close()
+    assert (peak, opened) == (3, 3)

@@ -32,7 +32,13 @@ class SmtpSettings(BaseModel):
     use_tls: bool = False
     start_tls: bool = False
     timeout_s: float = Field(default=10.0, gt=0)
-    pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept open and reused")
+    pool_size: int = Field(
+        default=16,
+        ge=1,
+        description="SMTP sessions at most open at once, kept and reused (each send holds one "
+        "for its two round trips: the rate a replica can reach is about pool_size / (2 x the "
+        "relay's round trip); Postfix's default for one destination is 20)",
+    )
     idle_s: float = Field(default=30.0, gt=0, description="reopen a session idle this long")
 
 
