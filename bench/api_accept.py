@@ -110,6 +110,7 @@ class LoadSpec:
     warmup_s: float
     seconds: float
     keyed: bool
+    rate: float | None = None  # open loop at this many requests/s (None: closed loop)
 
 
 async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Phase:
@@ -131,6 +132,32 @@ async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Pha
                 else:
                     errors += 1
 
+    async def open_loop(connections: list[Connection]) -> None:
+        """Request i starts at start + i / rate, on whichever connection is free."""
+        assert spec.rate
+        free: asyncio.Queue[Connection] = asyncio.Queue()
+        for conn in connections:
+            free.put_nowait(conn)
+
+        async def one(due: float) -> None:
+            nonlocal errors
+            conn = await free.get()
+            try:
+                status, _ = await conn.post("/send", BODY, uuid.uuid4().hex if spec.keyed else None)
+            finally:
+                free.put_nowait(conn)
+            if window_start <= due < window_end:
+                if status == 202:
+                    latencies.append((time.monotonic() - due) * 1000)
+                else:
+                    errors += 1
+
+        requests: list[asyncio.Future[None]] = []
+        while (due := start + len(requests) / spec.rate) < window_end:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            requests.append(asyncio.ensure_future(one(due)))
+        await asyncio.gather(*requests)
+
     async def sample() -> None:
         await asyncio.sleep(max(0.0, window_start - time.monotonic()))
         snapshot["server"] = cpu_seconds(pid)
@@ -140,7 +167,10 @@ async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Pha
     connections = [connection(spec.client, url, token) for _ in range(spec.concurrency)]
     try:
         sampler = asyncio.create_task(sample())
-        await asyncio.gather(*(user(c) for c in connections))
+        if spec.rate:
+            await open_loop(connections)
+        else:
+            await asyncio.gather(*(user(c) for c in connections))
         await sampler
     finally:
         for conn in connections:
@@ -251,6 +281,13 @@ def summarize(phases: dict[str, list[Phase]], spec: LoadSpec) -> Result:
     ]
     if not spec.keyed:
         notes.append("run WITHOUT Idempotency-Key (--no-idempotency-key)")
+    if spec.rate:
+        notes.append(
+            f"open loop at {spec.rate:g} requests/s (--rate): every server answers that rate, "
+            "so req/s and its ratio say nothing; cpu ms/req is what a request costs at this "
+            "rate, when each one pays its own wake-ups (no target: the targets are for the "
+            "closed loop)"
+        )
     bare_client = median([p.client_cpu for p in phases["bare"]])
     if bare_client > CLIENT_BOUND:
         notes.append(
@@ -273,6 +310,7 @@ def summarize(phases: dict[str, list[Phase]], spec: LoadSpec) -> Result:
         "seconds": spec.seconds,
         "rounds": len(phases["bare"]),
         "idempotency_key": spec.keyed,
+        "open_loop_rate": spec.rate,
     }
     return Result(
         name="api_accept",
@@ -291,7 +329,9 @@ def summarize(phases: dict[str, list[Phase]], spec: LoadSpec) -> Result:
         ],
         rows=rows,
         metrics=metrics,
-        targets=[
+        targets=[]
+        if spec.rate
+        else [
             Target("ratio", ">=", TARGET_RATIO),
             Target("cpu_ratio", ">=", TARGET_CPU_RATIO),
         ],
@@ -300,10 +340,15 @@ def summarize(phases: dict[str, list[Phase]], spec: LoadSpec) -> Result:
 
 
 def run(
-    *, quick: bool = False, client: str = "raw", concurrency: int = 32, keyed: bool = True
+    *,
+    quick: bool = False,
+    client: str = "raw",
+    concurrency: int = 32,
+    keyed: bool = True,
+    rate: float | None = None,
 ) -> Result:
     rounds, warmup_s, seconds = (1, 0.5, 2.0) if quick else (4, 2.0, 8.0)
-    spec = LoadSpec(client, concurrency, warmup_s, seconds, keyed)
+    spec = LoadSpec(client, concurrency, warmup_s, seconds, keyed, rate)
     budget = 120 + rounds * len(KINDS) * (warmup_s + seconds) * 2
     with bench_database(f"api_{run_id()}") as database_url:
         phases = asyncio.run(asyncio.wait_for(measure(database_url, spec, rounds), budget))
@@ -317,12 +362,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-idempotency-key", action="store_true", help="send no Idempotency-Key header"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop at this many requests/s instead of the closed loop (CPU per request "
+        "at a fixed rate; no targets)",
+    )
     args = parser.parse_args(argv)
     result = run(
         quick=args.quick,
         client=args.client,
         concurrency=args.concurrency,
         keyed=not args.no_idempotency_key,
+        rate=args.rate,
     )
     return finish(result, check=args.check)
 
