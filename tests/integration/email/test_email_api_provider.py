@@ -218,7 +218,8 @@ async def test_a_429_storm_never_fails_an_email(
     mock_url: str,
 ) -> None:
     """More 429s in a row than max_attempts: flow control, so the email is still sent."""
-    await control(mock_url, failNext=5, failStatus=429)
+    # Retry-After of a simulated 429 is the mock's window: 1 s here (its default is 10 s).
+    await control(mock_url, failNext=5, failStatus=429, rateWindowS=1.0)
     con = consumer_settings(
         db_settings,
         broker_settings,
