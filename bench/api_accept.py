@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bench import e2e_latency
 from bench.common import (
     JWT_SECRET,
     WEBHOOK_SECRET,
@@ -43,7 +44,7 @@ from bench.common import (
     run_id,
     truncate,
 )
-from bench.loadgen import CLIENTS, Connection, HttpxConnection, connection
+from bench.loadgen import CLIENTS, Connection, HttpxConnection, Pool, connection
 from relaybox.api.auth import issue_token
 from relaybox.api.settings import ApiSettings, AuthSettings
 
@@ -132,31 +133,24 @@ async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Pha
                 else:
                     errors += 1
 
-    async def open_loop(connections: list[Connection]) -> None:
-        """Request i starts at start + i / rate, on whichever connection is free."""
+    async def open_loop() -> None:
+        """The e2e benchmark's open loop (request i at start + i / rate, on an idle connection
+        or a new one); the window's answers are counted as the closed loop counts them."""
+        nonlocal errors
         assert spec.rate
-        free: asyncio.Queue[Connection] = asyncio.Queue()
-        for conn in connections:
-            free.put_nowait(conn)
-
-        async def one(due: float) -> None:
-            nonlocal errors
-            conn = await free.get()
-            try:
-                status, _ = await conn.post("/send", BODY, uuid.uuid4().hex if spec.keyed else None)
-            finally:
-                free.put_nowait(conn)
-            if window_start <= due < window_end:
-                if status == 202:
-                    latencies.append((time.monotonic() - due) * 1000)
-                else:
-                    errors += 1
-
-        requests: list[asyncio.Future[None]] = []
-        while (due := start + len(requests) / spec.rate) < window_end:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            requests.append(asyncio.ensure_future(one(due)))
-        await asyncio.gather(*requests)
+        timing = e2e_latency.Spec(spec.rate, spec.warmup_s, spec.seconds, spec.keyed, spec.client)
+        pool = Pool(spec.client, url, token)
+        try:
+            sent = (await e2e_latency.generate(pool, timing)).sent
+        finally:
+            await pool.close()
+        for record in sent:
+            if record.warmup:
+                continue
+            if record.status == 202 and record.accepted is not None:
+                latencies.append((record.accepted - record.started) * 1000)
+            else:
+                errors += 1
 
     async def sample() -> None:
         await asyncio.sleep(max(0.0, window_start - time.monotonic()))
@@ -168,7 +162,7 @@ async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Pha
     try:
         sampler = asyncio.create_task(sample())
         if spec.rate:
-            await open_loop(connections)
+            await open_loop()
         else:
             await asyncio.gather(*(user(c) for c in connections))
         await sampler
