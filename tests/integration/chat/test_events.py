@@ -396,6 +396,51 @@ async def test_a_reply_reads_what_it_answers(people: People, engine: AsyncEngine
     assert len(await events(engine)) == written
 
 
+async def test_a_reply_to_several_senders_is_three_statements(
+    people: People, engine: AsyncEngine
+) -> None:
+    """A post that reads copies of two senders: the lock, the post, and one statement for its
+    three events (a READ status to each sender and `message.created`), each carried to its own
+    audience alone, all in the post's transaction."""
+    alice, bob, carol = people("alice"), people("bob"), people("carol")
+    group = await conversation(alice, members=("bob", "carol", "dave"))
+    m1 = (await post(alice, group, "one"))["id"]
+    m2 = (await post(bob, group, "two"))["id"]
+    m3 = (await post(alice, group, "three"))["id"]
+    written = len(await events(engine))
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        reply = (await post(carol, group, "all read"))["id"]
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert statements == ["SELECT", "WITH", "WITH"]  # the lock; the post; its events
+    *statuses, created = (await events(engine))[written:]
+    assert [e.kind for e in statuses] == ["message.status", "message.status"]
+    by_sender = {e.audience[0] if e.audience else "": e for e in statuses}
+    assert copies_of(by_sender["alice"]) == {(m1, "carol"), (m3, "carol")}
+    assert copies_of(by_sender["bob"]) == {(m2, "carol")}
+    assert {e.xid for e in (*statuses, created)} == {created.xid}
+    for event in statuses:
+        assert event.audience is not None
+        assert await carried(engine, event) == event.audience
+    assert created.message_id == reply
+    assert await carried(engine, created) == ["carol", "alice", "bob", "dave"]
+    async with engine.connect() as conn:  # the deliveries: FANOUT recipients a row, in order
+        rows = await conn.execute(
+            text(
+                "SELECT payload FROM outbox WHERE routing_key = 'chat.deliver' "
+                "AND payload ->> 'messageId' = :m ORDER BY id"
+            ),
+            {"m": reply},
+        )
+        assert [row[0]["recipients"] for row in rows] == [["alice", "bob"], ["dave"]]
+
+
 # --- DELIVERED: fetching, push receipts -----------------------------------------------------------
 
 

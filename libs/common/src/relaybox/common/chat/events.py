@@ -23,8 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from relaybox.common.outbox import EVENTS, NOTIFY_CHANNEL
@@ -66,43 +65,96 @@ def _batches(users: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield users[start : start + size]
 
 
-_RECORD = text(
-    """
-WITH event AS (
-    INSERT INTO chat_events (tenant_id, kind, conversation_id, message_id, audience, payload)
-    VALUES (:tenant, :kind, :conversation_id, :message_id, :audience, :data)
-    RETURNING id, xid, payload
+class Event(NamedTuple):
+    """One event to record: its kind, the frame's body (JSON-ready) and who sees it."""
+
+    kind: str
+    data: dict[str, Any]
+    audience: Sequence[str]
+    conversation_id: uuid.UUID | None = None
+    message_id: uuid.UUID | None = None
+
+
+# Events, their readers, the outbox rows that carry them (one per batch of users) and the
+# publisher's wake-up: one statement, so one round trip for any number of events. The ids are
+# drawn first, one per input row in input order, so each event's readers and carriers are joined
+# to it by its input number, never by the order the INSERT happens to assign them.
+_RECORD_SQL = """
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($2::text::jsonb) AS e(
+        n int, kind text, conversation_id uuid, message_id uuid, audience text[], data jsonb,
+        users text[], batches jsonb)
+), ids AS MATERIALIZED (
+    SELECT n, nextval(pg_get_serial_sequence('chat_events', 'id')) AS id
+    FROM (SELECT n FROM input ORDER BY n) ordered
+), xact AS (
+    SELECT (pg_current_xact_id()::text)::bigint AS xid
+), event AS (
+    INSERT INTO chat_events (id, tenant_id, kind, conversation_id, message_id, audience, payload)
+    OVERRIDING SYSTEM VALUE
+    SELECT ids.id, $1::text, kind, conversation_id, message_id, audience, data
+    FROM input JOIN ids USING (n)
 ), readers AS (
     INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id)
-    SELECT :tenant, reader, event.xid, event.id FROM event, unnest(:users) AS reader
+    SELECT $1::text, reader, xact.xid, ids.id
+    FROM input JOIN ids USING (n), xact, unnest(input.users) AS reader
 ), carriers AS (
     INSERT INTO outbox (message_id, destination, routing_key, payload, headers, xid)
-    SELECT gen_random_uuid(), :destination, :routing_key,
-           jsonb_build_object('id', event.id, 'xid', event.xid, 'tenant', :tenant,
-                              'type', :kind, 'to', b.batch -> 'to', 'data', event.payload),
+    SELECT gen_random_uuid(), $3::text, $4::text,
+           jsonb_build_object('id', ids.id, 'xid', xact.xid, 'tenant', $1::text,
+                              'type', input.kind, 'to', b.batch -> 'to', 'data', input.data),
            jsonb_build_object('BCC', b.batch -> 'BCC'),
-           event.xid
-    FROM event, jsonb_array_elements(:batches) WITH ORDINALITY AS b(batch, n)
-    ORDER BY b.n
+           xact.xid
+    FROM input JOIN ids USING (n), xact,
+         jsonb_array_elements(input.batches) WITH ORDINALITY AS b(batch, k)
+    ORDER BY ids.id, b.k
 ), wake AS (
-    SELECT pg_notify(:channel, '')
+    SELECT pg_notify($5::text, '')
 )
-SELECT event.id FROM event, wake
+SELECT array_agg(ids.id ORDER BY ids.id) FROM ids, wake
 """
-).bindparams(
-    bindparam("conversation_id", type_=UUID(as_uuid=True)),
-    bindparam("message_id", type_=UUID(as_uuid=True)),
-    bindparam("audience", type_=ARRAY(String())),
-    bindparam("users", type_=ARRAY(String())),
-    bindparam("data", type_=JSONB()),
-    bindparam("batches", type_=JSONB()),
-)
-"""An event, its readers, the outbox rows that carry it (one per batch of users) and the
-publisher's wake-up: one statement, so one round trip per event."""
+
+
+async def record_all(
+    db: AsyncSession | AsyncConnection,
+    *,
+    tenant: str,
+    events: Sequence[Event],
+    fanout_batch: int = 250,
+) -> list[int]:
+    """Write `events` (of users of `tenant`), in this order, and the outbox rows that carry them
+    live, in the transaction of `db`: one statement. Returns their ids (ascending)."""
+    if not events:
+        return []
+    rows = []
+    for n, event in enumerate(events):
+        users = list(dict.fromkeys(event.audience))  # once each, in order
+        rows.append(
+            {
+                "n": n,
+                "kind": event.kind,
+                "conversation_id": event.conversation_id,
+                "message_id": event.message_id,
+                "audience": None if event.kind == MESSAGE_CREATED else users,
+                "data": event.data,
+                "users": users,
+                "batches": [
+                    {"to": batch, "BCC": [user_route(tenant, user) for user in batch]}
+                    for batch in _batches(users, fanout_batch)
+                ],
+            }
+        )
+    conn = db if isinstance(db, AsyncConnection) else await db.connection()
+    result = await conn.exec_driver_sql(
+        _RECORD_SQL,
+        (tenant, msgspec.json.encode(rows).decode(), EVENTS, ROUTING_KEY, NOTIFY_CHANNEL),
+    )
+    ids: list[int] = result.scalar_one()
+    return ids
 
 
 async def record(
-    session: AsyncSession | AsyncConnection,
+    db: AsyncSession | AsyncConnection,
     *,
     tenant: str,
     kind: str,
@@ -114,29 +166,13 @@ async def record(
 ) -> int:
     """Write one event for `audience` (users of `tenant`) and the outbox rows that carry it live;
     returns the event's id. `data` is the frame's body (JSON-ready)."""
-    users = list(dict.fromkeys(audience))  # once each, in order
-    batches = [
-        {"to": list(batch), "BCC": [user_route(tenant, user) for user in batch]}
-        for batch in _batches(users, fanout_batch)
-    ]
-    event_id = await session.scalar(
-        _RECORD,
-        {
-            "tenant": tenant,
-            "kind": kind,
-            "conversation_id": conversation_id,
-            "message_id": message_id,
-            "audience": None if kind == MESSAGE_CREATED else users,
-            "data": data,
-            "users": users,
-            "batches": batches,
-            "destination": EVENTS,
-            "routing_key": ROUTING_KEY,
-            "channel": NOTIFY_CHANNEL,
-        },
+    (event_id,) = await record_all(
+        db,
+        tenant=tenant,
+        events=[Event(kind, data, audience, conversation_id, message_id)],
+        fanout_batch=fanout_batch,
     )
-    assert event_id is not None
-    return int(event_id)
+    return event_id
 
 
 class Move(NamedTuple):
@@ -148,16 +184,8 @@ class Move(NamedTuple):
     recipient_id: str
 
 
-async def record_statuses(
-    session: AsyncSession | AsyncConnection,
-    *,
-    tenant: str,
-    status: str,
-    moves: Iterable[Move],
-    at: datetime | None = None,
-    fanout_batch: int = 250,
-) -> None:
-    """`message.status` events for copies that moved to `status`: one per sender and
+def status_events(status: str, moves: Iterable[Move], at: datetime | None = None) -> list[Event]:
+    """The `message.status` events of copies that moved to `status`: one per sender and
     conversation, listing the copies (`{messageId, userId}`)."""
     grouped: dict[tuple[str, uuid.UUID], list[dict[str, str]]] = defaultdict(list)
     for move in moves:
@@ -165,18 +193,33 @@ async def record_statuses(
             {"messageId": str(move.message_id), "userId": move.recipient_id}
         )
     when = (at or datetime.now(UTC)).isoformat()
-    for (sender, conversation_id), copies in grouped.items():
-        await record(
-            session,
-            tenant=tenant,
-            kind=MESSAGE_STATUS,
-            data={
+    return [
+        Event(
+            MESSAGE_STATUS,
+            {
                 "conversationId": str(conversation_id),
                 "status": status,
                 "at": when,
                 "copies": copies,
             },
-            audience=[sender],
-            conversation_id=conversation_id,
-            fanout_batch=fanout_batch,
+            [sender],
+            conversation_id,
         )
+        for (sender, conversation_id), copies in grouped.items()
+    ]
+
+
+async def record_statuses(
+    db: AsyncSession | AsyncConnection,
+    *,
+    tenant: str,
+    status: str,
+    moves: Iterable[Move],
+    at: datetime | None = None,
+    fanout_batch: int = 250,
+) -> None:
+    """`message.status` events for copies that moved to `status` (`status_events`), in one
+    statement."""
+    await record_all(
+        db, tenant=tenant, events=status_events(status, moves, at), fanout_batch=fanout_batch
+    )

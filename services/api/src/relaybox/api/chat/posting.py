@@ -5,29 +5,21 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
-from relaybox.api.chat.access import require_member, seat
-from relaybox.api.chat.reads import mark_read
-from relaybox.api.chat.schemas import PostMessageRequest
+from relaybox.api.chat.access import forbidden
+from relaybox.api.chat.schemas import MessageView, PostMessageRequest
 from relaybox.api.chat.views import message_views
-from relaybox.api.errors import ApiError, ConflictError
+from relaybox.api.errors import ApiError, ConflictError, NotFoundError
 from relaybox.api.idempotency import Idempotency, StoredResponse
-from relaybox.common.chat.delivery import deliver_payload
-from relaybox.common.chat.events import MESSAGE_CREATED, record
-from relaybox.common.db.models import (
-    ChatAttachment,
-    ChatConversation,
-    ChatMember,
-    ChatMessage,
-    ChatMessageAttachment,
-    ChatRecipient,
-)
+from relaybox.common.chat.delivery import MOVES_TO, RecipientStatus
+from relaybox.common.chat.events import MESSAGE_CREATED, Event, Move, record_all, status_events
+from relaybox.common.db.models import ChatAttachment, ChatMessage, ChatMessageAttachment
 from relaybox.common.messaging.topology import CHAT_DELIVER
-from relaybox.common.outbox import enqueue, trace_headers
+from relaybox.common.outbox import WORK, trace_headers
 
 IDEMPOTENCY_SCOPE = "chat.post"
 
@@ -65,9 +57,11 @@ async def _repeat(
     return await _stored(session, earlier, 200)
 
 
-async def _check_attachments(session: AsyncSession, client: Client, ids: list[uuid.UUID]) -> None:
-    if not ids:
-        return
+async def _attach(
+    session: AsyncSession, client: Client, message_id: uuid.UUID, ids: list[uuid.UUID]
+) -> None:
+    """Attach the caller's uploads `ids` to the message, in order (400 naming any that is not
+    theirs); they are locked first, so the sweeper cannot delete them meanwhile."""
     owned = set(
         (
             await session.scalars(
@@ -77,7 +71,7 @@ async def _check_attachments(session: AsyncSession, client: Client, ids: list[uu
                     ChatAttachment.tenant_id == client.tenant,
                     ChatAttachment.uploader_id == client.id,
                 )
-                .with_for_update(key_share=True)  # the sweeper cannot delete them meanwhile
+                .with_for_update(key_share=True)
             )
         ).all()
     )
@@ -88,6 +82,92 @@ async def _check_attachments(session: AsyncSession, client: Client, ids: list[uu
             "/chat/attachments first",
             field="attachmentIds",
         )
+    await session.execute(
+        insert(ChatMessageAttachment).values(
+            [
+                {"message_id": message_id, "attachment_id": a, "position": i}
+                for i, a in enumerate(ids)
+            ]
+        )
+    )
+    await session.execute(
+        update(ChatAttachment)
+        .where(ChatAttachment.id.in_(ids))
+        .values(attached_at=func.coalesce(ChatAttachment.attached_at, func.now()))
+    )
+
+
+_LOCK_SQL = (
+    "SELECT kind, last_seq FROM chat_conversations "
+    "WHERE id = $1::uuid AND tenant_id = $2::text FOR UPDATE"
+)
+"""Posts, joins, leaves and kicks of one conversation happen one at a time, under this lock; the
+post's next statement (a new snapshot) sees every membership change committed before it."""
+
+# The post itself, in one statement: the message (its seq is the locked conversation's next),
+# the conversation's advance, one copy per other current member, the outbox rows that push them
+# (`deliver_payload`, one per `fanout_batch` recipients), and the sender's read of everything up
+# to it (replying is reading: their copies to READ, their watermark forward, as `mark_read`).
+# It writes nothing unless the sender is a current member with no message under this
+# clientMessageId; every write hangs on `message`, so an insert that conflicts with the same
+# clientMessageId just committed in another conversation writes nothing at all.
+_POST_SQL = """
+WITH member AS (
+    SELECT EXISTS (SELECT FROM chat_members
+                   WHERE conversation_id = $1::uuid AND user_id = $3::text
+                   AND left_seq IS NULL) AS current,
+           EXISTS (SELECT FROM chat_members
+                   WHERE conversation_id = $1::uuid AND user_id = $3::text) AS ever
+), earlier AS (
+    SELECT id FROM chat_messages
+    WHERE tenant_id = $2::text AND sender_id = $3::text AND client_message_id = $7::text
+), message AS (
+    INSERT INTO chat_messages (id, conversation_id, tenant_id, seq, sender_id, text,
+                               client_message_id)
+    SELECT $4::uuid, $1::uuid, $2::text, $5::bigint, $3::text, $6::text, $7::text
+    FROM member WHERE member.current AND NOT EXISTS (SELECT FROM earlier)
+    ON CONFLICT DO NOTHING
+    RETURNING id, seq, created_at
+), advanced AS (
+    UPDATE chat_conversations SET last_seq = message.seq, last_activity_at = now()
+    FROM message WHERE chat_conversations.id = $1::uuid
+), copies AS (
+    INSERT INTO chat_recipients (message_id, user_id, conversation_id, seq)
+    SELECT message.id, m.user_id, m.conversation_id, message.seq
+    FROM message, chat_members m
+    WHERE m.conversation_id = $1::uuid AND m.left_seq IS NULL AND m.user_id <> $3::text
+    RETURNING user_id
+), deliveries AS (
+    INSERT INTO outbox (message_id, destination, routing_key, payload, headers)
+    SELECT gen_random_uuid(), $8::text, $9::text,
+           jsonb_build_object('messageId', $4::uuid,
+                              'recipients', jsonb_agg(user_id ORDER BY user_id)),
+           $10::text::jsonb
+    FROM (SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / $11::int AS batch
+          FROM copies) numbered
+    GROUP BY batch
+), marked AS (
+    UPDATE chat_recipients r
+    SET status = $12::text, read_at = now(), delivered_at = coalesce(r.delivered_at, now())
+    FROM message, chat_messages sent
+    WHERE r.user_id = $3::text AND r.conversation_id = $1::uuid AND r.seq <= message.seq
+      AND r.read_at IS NULL AND r.status = ANY($13::text[]) AND sent.id = r.message_id
+    RETURNING r.message_id, sent.sender_id
+), watermark AS (
+    UPDATE chat_members m
+    SET read_seq = least(message.seq, coalesce(m.left_seq, message.seq)), read_at = now()
+    FROM message
+    WHERE m.conversation_id = $1::uuid AND m.user_id = $3::text AND m.joined_seq < message.seq
+      AND m.read_seq < least(message.seq, coalesce(m.left_seq, message.seq))
+)
+SELECT member.current, member.ever, (SELECT id FROM earlier),
+       (SELECT created_at FROM message),
+       ARRAY(SELECT user_id FROM copies ORDER BY user_id),
+       ARRAY(SELECT message_id FROM marked ORDER BY message_id),
+       ARRAY(SELECT sender_id FROM marked ORDER BY message_id)
+FROM member
+"""
+_READ = RecipientStatus.READ
 
 
 async def post(
@@ -99,114 +179,82 @@ async def post(
     idempotency: Idempotency | None,
     correlation_id: str | None,
 ) -> StoredResponse:
-    """202 with the new message; 200 with the stored one for a repeated `clientMessageId`."""
+    """202 with the new message; 200 with the stored one for a repeated `clientMessageId`.
+
+    Four statements in one transaction: the conversation's lock, the post (`_POST_SQL`), its
+    events (`record_all`) and the COMMIT; attachments and an Idempotency-Key add their own."""
+    conversation_id = request.conversation_id
     async with session.begin():
         if idempotency is not None and (stored := await idempotency.replay(session)):
             return stored
-        found = await seat(session, client, request.conversation_id, lock=True)
-        if request.client_message_id is not None:
-            earlier = await _earlier(session, client, request.client_message_id)
-            if earlier is not None:
-                return await _repeat(session, earlier, request)
-        require_member(found, "post")
-        await _check_attachments(session, client, request.attachment_ids)
-        savepoint = await session.begin_nested()
-        seq = await session.scalar(
-            update(ChatConversation)
-            .where(ChatConversation.id == request.conversation_id)
-            .values(last_seq=ChatConversation.last_seq + 1, last_activity_at=func.now())
-            .returning(ChatConversation.last_seq)
-        )
-        assert seq is not None
-        message = await session.scalar(
-            pg_insert(ChatMessage)
-            .values(
-                id=uuid.uuid4(),
-                conversation_id=request.conversation_id,
-                tenant_id=client.tenant,
-                seq=seq,
-                sender_id=client.id,
-                text=request.text,
-                client_message_id=request.client_message_id,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[
-                    ChatMessage.tenant_id,
-                    ChatMessage.sender_id,
-                    ChatMessage.client_message_id,
-                ]
-            )
-            .returning(ChatMessage)
-        )
-        if message is None:  # the same clientMessageId, just committed in another conversation
-            await savepoint.rollback()
-            earlier = await _earlier(session, client, request.client_message_id)
-            assert earlier is not None
-            return await _repeat(session, earlier, request)
-        await savepoint.commit()
-        recipients = list(
+        conn = await session.connection()
+        locked = (await conn.exec_driver_sql(_LOCK_SQL, (conversation_id, client.tenant))).first()
+        if locked is None:
+            raise NotFoundError.of("conversation", conversation_id)
+        kind, last_seq = tuple(locked)
+        message_id = uuid.uuid4()
+        posted = await conn.exec_driver_sql(
+            _POST_SQL,
             (
-                await session.scalars(
-                    insert(ChatRecipient)
-                    .from_select(
-                        ["message_id", "user_id", "conversation_id", "seq"],
-                        select(
-                            func.cast(message.id, ChatRecipient.message_id.type),
-                            ChatMember.user_id,
-                            ChatMember.conversation_id,
-                            func.cast(seq, ChatRecipient.seq.type),
-                        ).where(
-                            ChatMember.conversation_id == request.conversation_id,
-                            ChatMember.left_seq.is_(None),
-                            ChatMember.user_id != client.id,
-                        ),
-                    )
-                    .returning(ChatRecipient.user_id)
-                )
-            ).all()
+                conversation_id,
+                client.tenant,
+                client.id,
+                message_id,
+                last_seq + 1,
+                request.text,
+                request.client_message_id,
+                WORK,
+                CHAT_DELIVER,
+                msgspec.json.encode(trace_headers(correlation_id)).decode(),
+                fanout_batch,
+                _READ.value,
+                [s.value for s in MOVES_TO[_READ]],
+            ),
         )
-        # Replying is reading: the copies it moves to READ are announced to their senders; the
-        # sender's watermark move is not (their clients see it in `message.created`: a post
-        # always moves its sender's watermark to its own seq).
-        await mark_read(
-            session,
-            client,
-            request.conversation_id,
-            seq,
-            fanout_batch=fanout_batch,
-            announce_watermark=False,
+        current, ever, earlier_id, created_at, recipients, read_ids, read_senders = tuple(
+            posted.one()
+        )
+        if not (ever or kind == "channel"):
+            raise NotFoundError.of("conversation", conversation_id)
+        if earlier_id is not None:
+            return await _repeat(session, await session.get_one(ChatMessage, earlier_id), request)
+        if not current:
+            raise forbidden("only a current member may post")
+        if created_at is None:  # the same clientMessageId, just committed in another conversation
+            raced = await _earlier(session, client, request.client_message_id)
+            assert raced is not None
+            return await _repeat(session, raced, request)
+        view = MessageView(
+            id=message_id,
+            conversation_id=conversation_id,
+            seq=last_seq + 1,
+            sender_id=client.id,
+            text=request.text,
+            attachments=[],
+            created_at=created_at,
+            client_message_id=request.client_message_id,
         )
         if request.attachment_ids:
-            await session.execute(
-                insert(ChatMessageAttachment).values(
-                    [
-                        {"message_id": message.id, "attachment_id": a, "position": i}
-                        for i, a in enumerate(request.attachment_ids)
-                    ]
-                )
-            )
-            await session.execute(
-                update(ChatAttachment)
-                .where(ChatAttachment.id.in_(request.attachment_ids))
-                .values(attached_at=func.coalesce(ChatAttachment.attached_at, func.now()))
-            )
-        headers = trace_headers(correlation_id)
-        for start in range(0, len(recipients), fanout_batch):
-            await enqueue(
-                session,
-                routing_key=CHAT_DELIVER,
-                payload=deliver_payload(str(message.id), recipients[start : start + fanout_batch]),
-                headers=headers,
-            )
-        response = await _stored(session, message, 202)
-        await record(
+            await _attach(session, client, message_id, request.attachment_ids)
+            (view,) = await message_views(session, [view])
+        response = StoredResponse.of(202, view)
+        moves = [
+            Move(read_id, conversation_id, sender, client.id)
+            for read_id, sender in zip(read_ids, read_senders, strict=True)
+        ]
+        await record_all(
             session,
             tenant=client.tenant,
-            kind=MESSAGE_CREATED,
-            data=response.body,  # the message as GET /chat/messages/{id} shows it
-            audience=[client.id, *recipients],
-            conversation_id=message.conversation_id,
-            message_id=message.id,
+            events=[
+                *status_events(_READ.value, moves),  # the senders of what the reply reads
+                Event(
+                    MESSAGE_CREATED,
+                    response.body,  # the message as GET /chat/messages/{id} shows it
+                    [client.id, *recipients],
+                    conversation_id,
+                    message_id,
+                ),
+            ],
             fanout_batch=fanout_batch,
         )
         if idempotency is not None:
