@@ -67,7 +67,21 @@ class RawConnection:
     async def send(
         self, method: bytes, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes]:
-        """One request: (status, body); status 0 when it failed."""
+        """One request: (status, body); status 0 when it failed.
+
+        A kept-alive connection the server closes as the request goes out (its keep-alive
+        timeout: uvicorn's is 5 s) fails with no answer; a request safe to repeat (a GET, or one
+        with an Idempotency-Key) is then sent once more on a new connection, as HTTP clients do
+        (RFC 9112 9.3.1)."""
+        reused = self._streams is not None
+        status, content = await self._once(method, path, body, headers)
+        if status == 0 and reused and (method == b"GET" or "Idempotency-Key" in headers):
+            status, content = await self._once(method, path, body, headers)
+        return status, content
+
+    async def _once(
+        self, method: bytes, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
         try:
             if self._streams is not None and self._streams[0].at_eof():
                 await self.close()  # the server closed it while idle (keep-alive timeout)
