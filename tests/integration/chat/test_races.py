@@ -251,10 +251,11 @@ async def test_one_idempotency_key_posted_at_once_is_one_message(
             )
         )
         statuses = sorted(a.status_code for a in answers)
-        # One is accepted; each other one answers the stored message or, while the first
-        # still runs, 409.
-        assert statuses.count(202) == 1 and set(statuses) <= {200, 202, 409}, statuses
-        assert len({a.json()["id"] for a in answers if a.status_code < 300}) == 1
+        # One is accepted; each other one answers, while the first still runs, 409, and after
+        # it committed, the stored answer: the same 202 with the same message (how often each
+        # happens is timing; that one message was posted is checked below).
+        assert 202 in statuses and set(statuses) <= {202, 409}, statuses
+        assert len({a.json()["id"] for a in answers if a.status_code == 202}) == 1
     found, last = await sequence(engine, group)
     assert found == list(range(1, ROUNDS + 1)) and last == ROUNDS
 

@@ -126,7 +126,7 @@ WITH member AS (
                                client_message_id)
     SELECT $4::uuid, $1::uuid, $2::text, $5::bigint, $3::text, $6::text, $7::text
     FROM member WHERE member.current AND NOT EXISTS (SELECT FROM earlier)
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (tenant_id, sender_id, client_message_id) DO NOTHING
     RETURNING id, seq, created_at
 ), advanced AS (
     UPDATE chat_conversations SET last_seq = message.seq, last_activity_at = now()
@@ -181,8 +181,10 @@ async def post(
 ) -> StoredResponse:
     """202 with the new message; 200 with the stored one for a repeated `clientMessageId`.
 
-    Four statements in one transaction: the conversation's lock, the post (`_POST_SQL`), its
-    events (`record_all`) and the COMMIT; attachments and an Idempotency-Key add their own."""
+    Three statements in one transaction (BEGIN and COMMIT besides): the conversation's lock,
+    the post (`_POST_SQL`) and its events (`record_all`); attachments and an Idempotency-Key
+    add their own.
+    """
     conversation_id = request.conversation_id
     async with session.begin():
         if idempotency is not None and (stored := await idempotency.replay(session)):
