@@ -7,6 +7,7 @@ import hashlib
 import re
 import uuid
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -122,6 +123,44 @@ async def test_paused_mailings_are_not_dispatched_and_finished_ones_complete(
     assert await dispatcher.complete() == []
     await finish_all_queued(engine)
     assert await dispatcher.complete() == [running]
+
+
+async def test_a_round_with_no_running_mailing_is_one_read(engine: AsyncEngine) -> None:
+    """The consumer's round: dispatch and complete while a mailing runs; with none running
+    (paused, finished or none at all) one read, no transaction."""
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    paused = await make_mailing(engine, 3, status="PAUSED")
+    dispatcher = Dispatcher(engine, max_in_flight=10)
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        assert await dispatcher.round() == 0
+        assert statements == []  # the read runs on the driver's connection: no SQLAlchemy
+        running = await make_mailing(engine, 2)
+        assert await dispatcher.round() == 2
+        assert statements != []  # the dispatch and the completion check ran
+        await finish_all_queued(engine)
+        assert await dispatcher.round() == 0
+        assert await status_of(engine, running) == "COMPLETED"
+        statements.clear()
+        assert await dispatcher.round() == 0
+        assert statements == []
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert await status_of(engine, paused) == "PAUSED"
+    assert len(await queued(engine)) == 2
+
+
+async def status_of(engine: AsyncEngine, mailing_id: str) -> str:
+    async with engine.connect() as conn:
+        return str(
+            await conn.scalar(
+                text("SELECT status FROM mailings WHERE id = :id"), {"id": mailing_id}
+            )
+        )
 
 
 async def test_two_dispatchers_never_queue_a_recipient_twice(

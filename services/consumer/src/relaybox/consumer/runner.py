@@ -154,8 +154,7 @@ async def _dispatch_forever(consumer: Consumer, interval_s: float) -> None:
     """Mailing dispatch rounds until cancelled; failures are logged, never fatal."""
     while True:
         try:
-            await consumer.dispatcher.dispatch()
-            await consumer.dispatcher.complete()
+            await consumer.dispatcher.round()
         except Exception:
             log.exception("mailing dispatch failed; will try again")
         await asyncio.sleep(interval_s)

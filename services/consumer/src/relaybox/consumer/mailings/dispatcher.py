@@ -18,10 +18,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relaybox.common.db.session import run_on_driver
 from relaybox.common.delivery import IN_FLIGHT_SQL
 from relaybox.common.messaging.topology import EMAIL_SEND
 from relaybox.common.outbox import enqueue
@@ -77,6 +79,13 @@ COMPLETE = text(
 )
 
 
+ANY_RUNNING = "SELECT EXISTS (SELECT FROM mailings WHERE status = 'RUNNING')"
+
+
+async def _any_running(conn: asyncpg.Connection, _repeated: bool) -> bool:
+    return bool(await conn.fetchval(ANY_RUNNING))
+
+
 def token_hash(token: str) -> str:
     """What is stored of a recipient's token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -106,6 +115,16 @@ class Dispatcher:
     engine: AsyncEngine
     max_in_flight: int
     default_from: str = "relaybox@localhost"
+
+    async def round(self) -> int:
+        """One dispatch round and the completion check, skipped at the cost of one statement
+        when no mailing is RUNNING (the rounds run every `RELAYBOX_DISPATCH_INTERVAL_S`, and
+        most of the time nothing is mailing)."""
+        if not await run_on_driver(self.engine, _any_running):
+            return 0
+        queued = await self.dispatch()
+        await self.complete()
+        return queued
 
     async def dispatch(self) -> int:
         """One round; how many recipients were queued."""
