@@ -19,6 +19,11 @@ def test_a_cursor_round_trips() -> None:
     text = position.encode()
     assert Position.decode(text) == position
     assert "=" not in text
+    # the documented form: base64url (unpadded) of compact JSON, pending and sent in order
+    padded = text + "=" * (-len(text) % 4)
+    assert base64.urlsafe_b64decode(padded) == (
+        b'{"v":1,"x":900,"i":3,"p":[880,899],"s":[[7,900],[9,905]]}'
+    )
 
 
 @pytest.mark.parametrize(
