@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import asyncpg
-from sqlalchemy import String, Text, and_, any_, bindparam, case, func, or_, select, update
+from sqlalchemy import String, Text, and_, any_, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaybox.common.chat.delivery import UNCONFIRMED_FROM, RecipientStatus, may_become
+from relaybox.common.chat.delivery import MOVES_TO, UNCONFIRMED_FROM, RecipientStatus, may_become
 from relaybox.common.db.models import ChatMessage, ChatRecipient
 from relaybox.consumer.chat.verdict import Copy, Device, Outcome
 
@@ -168,28 +168,34 @@ async def count_tries(
     )
 
 
+# These copies → SENT (forward only: `may_become`'s statuses, $3), sent_at now; a copy a receipt
+# already moved on keeps its status and gets its sent_at, no later than its delivered_at
+# (`least` skips a NULL). SET's right-hand sides read the row as it was.
+_MARK_SENT = """
+UPDATE chat_recipients AS r
+SET status = CASE WHEN r.status = ANY($3::text[]) THEN $4::text ELSE r.status END,
+    sent_at = coalesce(r.sent_at, least(now(), r.delivered_at)),
+    last_error = CASE WHEN r.status = ANY($3::text[]) THEN NULL ELSE r.last_error END
+WHERE r.message_id = $1::uuid AND r.user_id = ANY($2::text[])
+  AND (r.status = ANY($3::text[]) OR (r.sent_at IS NULL AND r.status = ANY($5::text[])))
+RETURNING r.user_id, r.status
+"""
+_TO_SENT = [s.value for s in MOVES_TO[RecipientStatus.SENT]]
+
+
 async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[str]) -> list[str]:
     """These copies → SENT (forward only), sent_at now; the users whose copy moved. A copy a
     receipt already moved on (it can arrive before the round is recorded) keeps its status and
-    gets its sent_at, no later than its delivered_at."""
+    gets its sent_at, no later than its delivered_at. One prepared statement (a delivery
+    round's hot path)."""
     if not users:
         return []
-    r = ChatRecipient
-    in_batch = r.user_id == any_(bindparam("users", users, type_=ARRAY(String)))
-    moves = may_become(r.status, RecipientStatus.SENT)
-    passed = and_(r.sent_at.is_(None), r.status.in_(PASSED_SENT))
-    result = await conn.execute(
-        update(r)
-        .where(r.message_id == message_id, in_batch, or_(moves, passed))
-        .values(
-            status=case((moves, RecipientStatus.SENT.value), else_=r.status),
-            sent_at=func.coalesce(r.sent_at, func.least(func.now(), r.delivered_at)),
-            last_error=case((moves, None), else_=r.last_error),
-        )
-        .returning(r.user_id, r.status)
+    sent = RecipientStatus.SENT.value
+    result = await conn.exec_driver_sql(
+        _MARK_SENT, (message_id, users, _TO_SENT, sent, PASSED_SENT)
     )
     # Only a copy that was PENDING may become SENT: a copy SENT now is one this moved.
-    return [user for user, status in result if status == RecipientStatus.SENT.value]
+    return [user for user, status in map(tuple, result) if status == sent]
 
 
 class Unconfirmed(NamedTuple):
