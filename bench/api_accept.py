@@ -158,7 +158,8 @@ async def load(kind: str, url: str, token: str, pid: int, spec: LoadSpec) -> Pha
         snapshot["client"] = time.process_time()
         snapshot["machine"] = machine_busy_ticks()
 
-    connections = [connection(spec.client, url, token) for _ in range(spec.concurrency)]
+    closed_loop = 0 if spec.rate else spec.concurrency  # the open loop has its own pool
+    connections = [connection(spec.client, url, token) for _ in range(closed_loop)]
     try:
         sampler = asyncio.create_task(sample())
         if spec.rate:

@@ -20,7 +20,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relaybox.common.chat.delivery import MOVES_TO, RecipientStatus
+from relaybox.common.chat.delivery import RecipientStatus, statuses_before
 from relaybox.common.chat.events import Move, record_statuses
 
 SNAPSHOT = """
@@ -120,7 +120,7 @@ RETURNING r.message_id, r.conversation_id, m.sender_id, r.user_id
 """Acked copies move to DELIVERED (forward only: from the statuses
 `relaybox.common.chat.delivery.MOVES_TO` allows, `:movable`); the moved ones come back with
 their sender, who is told."""
-MOVABLE = [status.value for status in MOVES_TO[RecipientStatus.DELIVERED]]
+MOVABLE = statuses_before(RecipientStatus.DELIVERED)
 
 
 @dataclass(frozen=True)

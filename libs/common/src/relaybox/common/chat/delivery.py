@@ -57,9 +57,15 @@ UNCONFIRMED_FROM = RecipientStatus.SENT
 (then FAILED); only the receipt deadline takes this move."""
 
 
+def statuses_before(target: RecipientStatus) -> list[str]:
+    """The statuses a copy may move to `target` from, as their text (a SQL statement's array
+    parameter)."""
+    return [s.value for s in MOVES_TO[target]]
+
+
 def may_become(status: Any, target: RecipientStatus) -> ColumnElement[bool]:
     """The SQL condition "a copy whose status is `status` may move to `target`"."""
-    return status.in_([s.value for s in MOVES_TO[target]])  # type: ignore[no-any-return]
+    return status.in_(statuses_before(target))  # type: ignore[no-any-return]
 
 
 def deliver_payload(

@@ -15,7 +15,7 @@ from relaybox.api.chat.schemas import MessageView, PostMessageRequest
 from relaybox.api.chat.views import message_views
 from relaybox.api.errors import ApiError, ConflictError, NotFoundError
 from relaybox.api.idempotency import Idempotency, StoredResponse
-from relaybox.common.chat.delivery import MOVES_TO, RecipientStatus
+from relaybox.common.chat.delivery import RecipientStatus, statuses_before
 from relaybox.common.chat.events import MESSAGE_CREATED, Event, Move, record_all, status_events
 from relaybox.common.db.models import ChatAttachment, ChatMessage, ChatMessageAttachment
 from relaybox.common.messaging.topology import CHAT_DELIVER
@@ -168,6 +168,7 @@ SELECT member.current, member.ever, (SELECT id FROM earlier),
 FROM member
 """
 _READ = RecipientStatus.READ
+_READ_FROM = statuses_before(_READ)
 
 
 async def post(
@@ -210,7 +211,7 @@ async def post(
                 msgspec.json.encode(trace_headers(correlation_id)).decode(),
                 fanout_batch,
                 _READ.value,
-                [s.value for s in MOVES_TO[_READ]],
+                _READ_FROM,
             ),
         )
         current, ever, earlier_id, created_at, recipients, read_ids, read_senders = tuple(

@@ -17,7 +17,12 @@ from sqlalchemy import String, Text, and_, any_, bindparam, case, func, select, 
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaybox.common.chat.delivery import MOVES_TO, UNCONFIRMED_FROM, RecipientStatus, may_become
+from relaybox.common.chat.delivery import (
+    UNCONFIRMED_FROM,
+    RecipientStatus,
+    may_become,
+    statuses_before,
+)
 from relaybox.common.db.models import ChatMessage, ChatRecipient
 from relaybox.consumer.chat.verdict import Copy, Device, Outcome
 
@@ -180,7 +185,7 @@ WHERE r.message_id = $1::uuid AND r.user_id = ANY($2::text[])
   AND (r.status = ANY($3::text[]) OR (r.sent_at IS NULL AND r.status = ANY($5::text[])))
 RETURNING r.user_id, r.status
 """
-_TO_SENT = [s.value for s in MOVES_TO[RecipientStatus.SENT]]
+_TO_SENT = statuses_before(RecipientStatus.SENT)
 
 
 async def mark_sent(conn: AsyncConnection, message_id: uuid.UUID, users: list[str]) -> list[str]:
