@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import (
     api_accept,
+    chat_copies,
     chat_fanout,
     chat_history,
     chat_inbox,
@@ -40,6 +41,7 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "chat_history": lambda quick: chat_history.run(quick=quick),
     "chat_inbox": lambda quick: chat_inbox.run(quick=quick),
     "chat_fanout": lambda quick: chat_fanout.run(quick=quick),
+    "chat_copies": lambda quick: chat_copies.run(quick=quick),
     "realtime_connections": lambda quick: realtime_connections.run(quick=quick),
     "realtime_latency": lambda quick: realtime_latency.run(quick=quick),
     "realtime_storm": lambda quick: realtime_storm.run(quick=quick),

@@ -1,0 +1,172 @@
+"""A message's copies in PostgreSQL: their insert and status changes, in `chat_recipients`'
+storage (migration 0012: `fillfactor = 60`), against the same table with full pages.
+
+A group message writes one `chat_recipients` row per recipient and moves each one forward up to
+three times in its first seconds (SENT, DELIVERED, READ). None of the columns those updates
+change is indexed, so PostgreSQL can update a row without touching the indexes (a HOT update),
+but only when the new version fits on the row's page. This benchmark measures what the room
+left on each page buys.
+
+One database, migrated to head. Two tables built from `chat_recipients` (`LIKE … INCLUDING
+ALL`, the foreign key left out of both): `schema`, with `chat_recipients`' own storage
+parameters, and `full_pages`, the same with `fillfactor = 100` (PostgreSQL's default, what the
+table had before migration 0012): the baseline. For each message, on one connection, as the
+services write them: the copies (`INSERT … SELECT` from the members: the chat post), SENT (the
+consumer's delivery round), DELIVERED (a socket's ack) and READ (the recipients' reads), each
+one statement over the message's copies. The two tables take turns, a block of messages each,
+so that both see the same machine. Measured: the backend's CPU per message (/proc), the share of
+HOT updates (`pg_stat_user_tables`), and the table's size with its indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+from tests.support.processes import cpu_seconds
+
+from bench.common import Result, Target, base_parser, bench_database, finish, run_id
+from relaybox.common.db.session import asyncpg_dsn
+
+RECIPIENTS = 99  # a 100-member group, as bench.realtime_latency posts to
+BLOCK = 50  # messages per turn of one table
+TARGET_CPU_RATIO = 0.85  # schema's CPU per message ÷ full pages'
+TABLES = {"schema": None, "full_pages": 100}  # name → fillfactor (None: chat_recipients' own)
+STEPS = ("insert", "sent", "delivered", "read")
+
+INSERT = """
+INSERT INTO {table} (message_id, user_id, conversation_id, seq)
+SELECT $1, u, $2, $3 FROM unnest($4::varchar[]) AS u
+"""
+MOVE = """
+UPDATE {table} SET status = $2, {stamp} = coalesce({stamp}, now())
+WHERE message_id = $1 AND status = ANY($3::varchar[])
+"""
+MOVES = (  # step, the status it moves to, its timestamp column, the statuses it moves from
+    ("sent", "SENT", "sent_at", ["PENDING"]),
+    ("delivered", "DELIVERED", "delivered_at", ["PENDING", "SENT", "FAILED"]),
+    ("read", "READ", "read_at", ["PENDING", "SENT", "DELIVERED", "FAILED"]),
+)
+
+
+@dataclass
+class Tally:
+    messages: int = 0
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
+
+    def ms_per_message(self, step: str | None = None) -> float:
+        used = self.cpu_s[step] if step else sum(self.cpu_s.values())
+        return used / self.messages * 1000
+
+
+async def _create(conn: asyncpg.Connection, table: str, fillfactor: int | None) -> None:
+    await conn.execute(f"CREATE TABLE {table} (LIKE chat_recipients INCLUDING ALL)")
+    options = await conn.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = 'chat_recipients'::regclass"
+    )
+    wanted = [f"fillfactor={fillfactor}"] if fillfactor is not None else list(options or [])
+    if wanted:
+        await conn.execute(f"ALTER TABLE {table} SET ({', '.join(wanted)})")
+
+
+async def _block(
+    conn: asyncpg.Connection, table: str, tally: Tally, first_seq: int, count: int, pid: int
+) -> None:
+    users = [f"member-{i:03d}" for i in range(RECIPIENTS)]
+    conversation = uuid.uuid4()
+    insert = INSERT.format(table=table)
+    moves = [(step, MOVE.format(table=table, stamp=col), to, src) for step, to, col, src in MOVES]
+    for seq in range(first_seq, first_seq + count):
+        message = uuid.uuid4()
+        before = cpu_seconds(pid) or 0.0
+        await conn.execute(insert, message, conversation, seq, users)
+        after = cpu_seconds(pid) or 0.0
+        tally.cpu_s["insert"] += after - before
+        for step, statement, status, sources in moves:
+            before = after
+            await conn.execute(statement, message, status, sources)
+            after = cpu_seconds(pid) or 0.0
+            tally.cpu_s[step] += after - before
+        tally.messages += 1
+
+
+async def measure(url: str, messages: int) -> tuple[dict[str, Tally], dict[str, dict[str, int]]]:
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+    try:
+        for table, fillfactor in TABLES.items():
+            await _create(conn, table, fillfactor)
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        tallies = {table: Tally() for table in TABLES}
+        for first in range(0, messages, BLOCK):
+            for table in TABLES:
+                await _block(conn, table, tallies[table], first, min(BLOCK, messages - first), pid)
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        stats = {}
+        for table in TABLES:
+            row = await conn.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd, pg_total_relation_size(relid) AS bytes"
+                " FROM pg_stat_user_tables WHERE relname = $1",
+                table,
+            )
+            stats[table] = dict(row)
+        return tallies, stats
+    finally:
+        await conn.close()
+
+
+def run(*, quick: bool = False, messages: int | None = None) -> Result:
+    count = messages or (200 if quick else 2000)
+    with bench_database(f"copies_{run_id()}") as url:
+        tallies, stats = asyncio.run(measure(url, count))
+    base, ours = tallies["full_pages"], tallies["schema"]
+    ratio = ours.ms_per_message() / base.ms_per_message() if base.ms_per_message() else 0.0
+    rows = []
+    for table in ("full_pages", "schema"):
+        tally, stat = tallies[table], stats[table]
+        hot = stat["n_tup_hot_upd"] / stat["n_tup_upd"] if stat["n_tup_upd"] else 0.0
+        rows.append(
+            [
+                table,
+                *(round(tally.ms_per_message(step), 3) for step in STEPS),
+                round(tally.ms_per_message(), 3),
+                f"{hot:.0%}",
+                round(stat["bytes"] / 1024 / 1024, 1),
+            ]
+        )
+    size_ratio = stats["schema"]["bytes"] / stats["full_pages"]["bytes"]
+    hot_share = stats["schema"]["n_tup_hot_upd"] / max(stats["schema"]["n_tup_upd"], 1)
+    return Result(
+        name="chat_copies",
+        columns=["table", *(f"{s} ms" for s in STEPS), "total ms", "HOT updates", "MB"],
+        rows=rows,
+        metrics={
+            "messages": count,
+            "recipients": RECIPIENTS,
+            "cpu_ms_per_message": round(ours.ms_per_message(), 3),
+            "baseline_cpu_ms_per_message": round(base.ms_per_message(), 3),
+            "cpu_ratio": round(ratio, 3),
+            "hot_share": round(hot_share, 3),
+            "size_ratio": round(size_ratio, 3),
+        },
+        targets=[Target("cpu_ratio", "<", TARGET_CPU_RATIO)],
+        notes=[
+            f"{count} messages of {RECIPIENTS} copies per table, the tables alternating every "
+            f"{BLOCK} messages on one connection; PostgreSQL backend CPU per message "
+            "(insert, then SENT, DELIVERED and READ, one statement each); "
+            "cpu_ratio = schema ÷ full_pages (fillfactor 100)",
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("--messages", type=int, default=None, help="per table (default 2000)")
+    args = parser.parse_args(argv)
+    return finish(run(quick=args.quick, messages=args.messages), check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
