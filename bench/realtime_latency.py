@@ -66,6 +66,8 @@ TARGET_P50_MS = 10.0
 TARGET_P99_MS = 50.0
 SENDERS = 10
 ARRIVAL_TIMEOUT_S = 15.0
+REPLICA = "bench-rt-0"  # the replica's name in the CPU figures (bench.realtime_common.stack)
+BARE_SERVER = "bare server"
 TEXT = "a message of about the usual size, twelve words or so in it"
 
 
@@ -166,6 +168,7 @@ async def relaybox_side(
     seconds: float,
     ack: bool,
     bare_url: str | None,
+    bare_pid: int | None,
 ) -> tuple[Side, Side | None]:
     dsn = asyncpg_dsn(database_url)
     found = stack(database_url, tag, consumer=True)
@@ -182,7 +185,11 @@ async def relaybox_side(
         listeners = [
             asyncio.create_task(listen(c, u, arrivals)) for c, u in zip(clients, users, strict=True)
         ]
-        bare = await bare_side(bare_url, members, rate, warmup_s, seconds) if bare_url else None
+        bare = (
+            await bare_side(bare_url, bare_pid, members, rate, warmup_s, seconds)
+            if bare_url and bare_pid
+            else None
+        )
         senders = users[: min(SENDERS, members)]
         pools = {s: Pool("raw", found.api_url, token(s)) for s in senders}
         load = Load()
@@ -258,8 +265,11 @@ async def serve_bare(port: int) -> None:
         await asyncio.Future()
 
 
-async def bare_side(url: str, members: int, rate: float, warmup_s: float, seconds: float) -> Side:
-    """The same frames through the bare fan-out: one socket sends, M - 1 receive."""
+async def bare_side(
+    url: str, server_pid: int, members: int, rate: float, warmup_s: float, seconds: float
+) -> Side:
+    """The same frames through the bare fan-out: one socket sends, M - 1 receive; with the CPU
+    per message of the bare server and of this process (its M sockets) after the warm-up."""
     arrivals = Arrivals()
     sample = json.dumps(
         {"type": "message.created", "eventId": 0, "cursor": "x" * 40, "data": {"text": TEXT}}
@@ -276,15 +286,20 @@ async def bare_side(url: str, members: int, rate: float, warmup_s: float, second
     try:
         load = Load()
         sender = sockets[0]
+        count, warmup = int((warmup_s + seconds) * rate), int(warmup_s * rate)
+        meter = CpuMeter({BARE_SERVER: server_pid})
 
         async def send(i: int) -> None:
+            if i == warmup:
+                meter.start()
             await sender.send(json.dumps({"n": i, "frame": sample}))
 
-        count = int((warmup_s + seconds) * rate)
         await open_loop(count, rate, send, load)
         await wait_all(arrivals, count, members - 1, ARRIVAL_TIMEOUT_S)
+        used = meter.stop()
         side = Side("bare websockets fan-out")
-        collect(side, load, arrivals, members - 1, int(warmup_s * rate), count)
+        collect(side, load, arrivals, members - 1, warmup, count)
+        side.cpu_ms_per_message = {k: v / (count - warmup) * 1000 for k, v in used.items()}
         return side
     finally:
         for task in readers:
@@ -323,7 +338,7 @@ async def measure(
         url = f"ws://127.0.0.1:{port}/"
         await _wait_listening(bare, url)
         relaybox, bare_found = await relaybox_side(
-            database_url, tag, members, rate, warmup_s, seconds, ack, url
+            database_url, tag, members, rate, warmup_s, seconds, ack, url, bare.pid
         )
     finally:
         bare.stop()
@@ -404,8 +419,15 @@ def summarize(outcome: Outcome) -> Result:
                 "bare_p99_ms": round(bare_p99, 3),
                 "ratio_p50": round(p50 / bare_p50, 1),
                 "ratio_p99": round(p99 / bare_p99, 1),
+                "bare_cpu_ms_per_message": {
+                    k: round(v, 3) for k, v in bare.cpu_ms_per_message.items()
+                },
             }
         )
+        replica = own.cpu_ms_per_message.get(REPLICA)
+        bare_server = bare.cpu_ms_per_message.get(BARE_SERVER)
+        if replica and bare_server:
+            metrics["replica_cpu_ratio"] = round(replica / bare_server, 2)
     total = sum(v for k, v in own.cpu_ms_per_message.items())
     notes = [
         f"{outcome.members}-member group, {outcome.rate:g} messages/s for {outcome.seconds:g} s "
@@ -416,6 +438,16 @@ def summarize(outcome: Outcome) -> Result:
         + ", ".join(f"{k} {v:.2f}" for k, v in own.cpu_ms_per_message.items())
         + f" (total {total:.1f} ms: {total * outcome.rate / 1000:.2f} cores at this rate)",
     ]
+    if bare is not None and bare.cpu_ms_per_message:
+        notes.append(
+            "bare fan-out CPU ms per message: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in bare.cpu_ms_per_message.items())
+            + (
+                f"; replica_cpu_ratio = {REPLICA} ÷ {BARE_SERVER}"
+                if "replica_cpu_ratio" in metrics
+                else ""
+            )
+        )
     if own.failed:
         notes.append(f"failed posts: {own.failed}")
     return Result(
