@@ -84,13 +84,15 @@ async def test_a_client_that_stops_reading_fills_the_buffer_then_is_closed_with_
 
 async def test_buffered_frames_go_first_once_the_writer_runs() -> None:
     async with pair() as (conn, client):
-        await conn.send_text('{"n":0}', "read")  # the replay's way: through the buffer
-        conn.send_text_now('{"n":1}', "read")  # a frame behind it waits its turn
-        assert conn._queue.qsize() == 2
+        conn._queue.put_nowait('{"n":0}')  # a frame that had to wait (say, the client was slow)
+        await conn.send_text('{"n":1}', "read")  # the frames behind it wait their turn
+        conn.send_text_now('{"n":2}', "read")
+        assert conn._queue.qsize() == 3
         conn.start_writer()
         try:
-            assert await received(client, 2) == ['{"n":0}', '{"n":1}']
-            conn.send_text_now('{"n":2}', "read")  # the buffer is empty again: at once
-            assert await received(client, 1) == ['{"n":2}']
+            assert await received(client, 3) == ['{"n":0}', '{"n":1}', '{"n":2}']
+            await conn.send_text('{"n":3}', "read")  # the buffer is empty again: at once
+            assert conn._queue.empty()
+            assert await received(client, 1) == ['{"n":3}']
         finally:
             await conn.stop_writer()

@@ -2,14 +2,14 @@
 its bounded send buffer. An event is sent once: whatever the position covers already — by the
 replay, a live copy, a duplicate publish — is dropped.
 
-A live frame to a socket that keeps up is written at once, in the call that offers it: what
-`websockets`' `send()` does (its Sans-I/O protocol frames the text, `send_data()` hands the
-bytes to the transport) without a task switch to the socket's writer and the send's context
-manager, ~100 µs of the replica's CPU per frame before. The buffer and its writer task take
-over whenever the socket cannot take a frame at once: frames are already waiting (order is
-kept), the transport is above its write limit (`paused`: the client reads slowly), or the
-connection is not open. So a slow client is still held to `send_buffer` frames plus the
-transport's write limit, and closed with 4008 beyond them.
+A frame (live or replayed) to a socket that keeps up is written at once, in the call that
+sends it, as `websockets`' `send()` writes it (its Sans-I/O protocol frames the text and
+`send_data()` hands the bytes to the transport), without the queue, the task switch to the
+socket's writer and the send's context manager that each frame to each socket cost before.
+The buffer and its writer task take over whenever the socket cannot take a frame at once:
+frames are already waiting (order is kept), the transport is above its write limit (`paused`:
+the client reads slowly), or the connection is not open. So a slow client is still held to
+`send_buffer` frames plus the transport's write limit, and closed with 4008 beyond them.
 """
 
 from __future__ import annotations
@@ -172,10 +172,12 @@ class Connection:
         await self.send_text(dumps(frame), frame["type"])
 
     async def send_text(self, text: str, kind: str) -> None:
-        """Queue an encoded frame, waiting for room (the replay's pace is the client's)."""
+        """Send an encoded frame, written at once when the socket can take it, else queued,
+        waiting for room (the replay's pace is the client's)."""
         if self.closing:
             return
-        await self._queue.put(text)
+        if not self._write_now(text):
+            await self._queue.put(text)
         _frames_of(kind).inc()
 
     def owes_checkpoint(self, now: float) -> bool:
