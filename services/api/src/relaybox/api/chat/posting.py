@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaybox.api.auth import Client
 from relaybox.api.chat.access import forbidden
+from relaybox.api.chat.reads import READ_FROM, read_ctes
 from relaybox.api.chat.schemas import MessageView, PostMessageRequest
 from relaybox.api.chat.views import message_views
 from relaybox.api.errors import ApiError, ConflictError, NotFoundError
 from relaybox.api.idempotency import Idempotency, StoredResponse
-from relaybox.common.chat.delivery import RecipientStatus, statuses_before
+from relaybox.common.chat.delivery import RecipientStatus
 from relaybox.common.chat.events import MESSAGE_CREATED, Event, Move, record_all, status_events
 from relaybox.common.db.models import ChatAttachment, ChatMessage, ChatMessageAttachment
 from relaybox.common.messaging.topology import CHAT_DELIVER
@@ -107,11 +108,21 @@ post's next statement (a new snapshot) sees every membership change committed be
 # The post itself, in one statement: the message (its seq is the locked conversation's next),
 # the conversation's advance, one copy per other current member, the outbox rows that push them
 # (`deliver_payload`, one per `fanout_batch` recipients), and the sender's read of everything up
-# to it (replying is reading: their copies to READ, their watermark forward, as `mark_read`).
+# to it (replying is reading: their copies to READ and their watermark forward, by the same
+# CTEs as `mark_read`: `read_ctes`, fed from `message` so that nothing is read unless it posted).
 # It writes nothing unless the sender is a current member with no message under this
 # clientMessageId; every write hangs on `message`, so an insert that conflicts with the same
 # clientMessageId just committed in another conversation writes nothing at all.
-_POST_SQL = """
+_READ = RecipientStatus.READ.value
+_READS = read_ctes(
+    reader="$3::text",
+    conversation="$1::uuid",
+    seq="message.seq",
+    read="$12::text",
+    movable="$13::text[]",
+    source="message",
+)
+_POST_SQL = f"""
 WITH member AS (
     SELECT EXISTS (SELECT FROM chat_members
                    WHERE conversation_id = $1::uuid AND user_id = $3::text
@@ -146,29 +157,14 @@ WITH member AS (
     FROM (SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) / $11::int AS batch
           FROM copies) numbered
     GROUP BY batch
-), marked AS (
-    UPDATE chat_recipients r
-    SET status = $12::text, read_at = now(), delivered_at = coalesce(r.delivered_at, now())
-    FROM message, chat_messages sent
-    WHERE r.user_id = $3::text AND r.conversation_id = $1::uuid AND r.seq <= message.seq
-      AND r.read_at IS NULL AND r.status = ANY($13::text[]) AND sent.id = r.message_id
-    RETURNING r.message_id, sent.sender_id
-), watermark AS (
-    UPDATE chat_members m
-    SET read_seq = least(message.seq, coalesce(m.left_seq, message.seq)), read_at = now()
-    FROM message
-    WHERE m.conversation_id = $1::uuid AND m.user_id = $3::text AND m.joined_seq < message.seq
-      AND m.read_seq < least(message.seq, coalesce(m.left_seq, message.seq))
-)
+), {_READS}
 SELECT member.current, member.ever, (SELECT id FROM earlier),
        (SELECT created_at FROM message),
        ARRAY(SELECT user_id FROM copies ORDER BY user_id),
        ARRAY(SELECT message_id FROM marked ORDER BY message_id),
        ARRAY(SELECT sender_id FROM marked ORDER BY message_id)
 FROM member
-"""
-_READ = RecipientStatus.READ
-_READ_FROM = statuses_before(_READ)
+"""  # noqa: S608 - composed of constants of the code
 
 
 async def post(
@@ -210,8 +206,8 @@ async def post(
                 CHAT_DELIVER,
                 msgspec.json.encode(trace_headers(correlation_id)).decode(),
                 fanout_batch,
-                _READ.value,
-                _READ_FROM,
+                _READ,
+                READ_FROM,
             ),
         )
         current, ever, earlier_id, created_at, recipients, read_ids, read_senders = tuple(
@@ -249,7 +245,7 @@ async def post(
             session,
             tenant=client.tenant,
             events=[
-                *status_events(_READ.value, moves),  # the senders of what the reply reads
+                *status_events(_READ, moves),  # the senders of what the reply reads
                 Event(
                     MESSAGE_CREATED,
                     response.body,  # the message as GET /chat/messages/{id} shows it
