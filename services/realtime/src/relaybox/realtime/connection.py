@@ -90,6 +90,9 @@ class Connection:
         self._event_sent_at = 0.0
         self._stale = False  # the client's newest cursor is behind the position
         self._writer: asyncio.Task[None] | None = None
+        # What the direct write uses of websockets' connection (its asyncio implementation, not
+        # its documented API): without it, every frame goes through the buffer and the writer.
+        self._direct = all(hasattr(socket, a) for a in ("paused", "send_in_progress", "send_data"))
 
     # -- position ---------------------------------------------------------------------------
 
@@ -149,7 +152,8 @@ class Connection:
         takes it without waiting (open, below its write limit); whether it did."""
         socket = self.socket
         if (
-            not self._queue.empty()
+            not self._direct
+            or not self._queue.empty()
             or socket.paused
             or socket.send_in_progress is not None
             or socket.protocol.state is not OPEN
