@@ -13,7 +13,7 @@ from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
 from tests.integration.chat.conftest import TENANT, People
 from tests.integration.chat.realtime.conftest import Replicas, Socket, opened
-from tests.integration.chat.support import call, conversation, kick, page, post, read
+from tests.integration.chat.support import add, call, conversation, kick, page, post, read
 from tests.support.pipeline import eventually
 
 pytestmark = pytest.mark.usefixtures("publisher")
@@ -125,6 +125,37 @@ async def test_a_kicked_member_stops_receiving_the_conversation_at_once(
     async with opened(replica.port, token=token("carol"), cursor=kicked["cursor"]) as again:
         await again.until(of_type("live"))
         assert "message.created" not in [f["type"] for f in again.frames]
+
+
+async def test_a_resume_replays_the_messages_of_the_users_membership_intervals_only(
+    replicas: Replicas, people: People, token: Any
+) -> None:
+    """A message's readers are the members whose interval shows it (no per-reader rows): a
+    resume from before the join, across a kick and a re-add, gets those and no other."""
+    replica = await replicas()
+    alice = people("alice")
+    chat = await conversation(alice, "group", ("bob",))
+    cursors = {}
+    for user in ("alice", "bob", "carol"):
+        async with opened(replica.port, token=token(user)) as socket:
+            cursors[user] = (await socket.until(of_type("live")))["cursor"]
+    await post(alice, chat, "one")
+    await add(alice, chat, "carol")
+    await post(alice, chat, "two")
+    await kick(alice, chat, "bob")
+    await post(alice, chat, "three")
+    await add(alice, chat, "bob")
+    await post(alice, chat, "four")
+    expected = {
+        "alice": ["one", "two", "three", "four"],
+        "bob": ["one", "two", "four"],
+        "carol": ["two", "three", "four"],
+    }
+    for user, texts in expected.items():
+        async with opened(replica.port, token=token(user), cursor=cursors[user]) as again:
+            await again.until(of_type("live"))
+            replayed = [f for f in again.frames if f["type"] == "message.created"]
+            assert [f["data"]["text"] for f in replayed] == texts, user
 
 
 async def test_a_read_clears_the_readers_other_devices_and_tells_the_sender(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -13,11 +14,12 @@ from websockets.exceptions import ConnectionClosed
 
 from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
-from relaybox.common.chat.events import record
+from relaybox.common.chat.events import Event, record_all
 from relaybox.publisher.relay import Relay
 from relaybox.realtime.cursor import Position
-from tests.integration.chat.conftest import TENANT
+from tests.integration.chat.conftest import TENANT, People
 from tests.integration.chat.realtime.conftest import Replicas, opened, write_event
+from tests.integration.chat.support import conversation
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -110,23 +112,38 @@ async def test_a_cursor_taken_mid_stream_resumes_exactly_after_it(
             assert again.event_ids == ids[k + 1 :], k
 
 
+@pytest.mark.parametrize("kind", ["read", "message.created"])
 async def test_a_late_commit_is_not_skipped_by_a_resuming_reader(
-    replicas: Replicas, engine: AsyncEngine, token: Any
+    replicas: Replicas, engine: AsyncEngine, token: Any, people: People, kind: str
 ) -> None:
     """Event A's transaction starts first and commits last: a reader that saw B (and took a
-    checkpoint meanwhile) still gets A — live, and on a resume from any cursor it was given."""
+    checkpoint meanwhile) still gets A — live, and on a resume from any cursor it was given.
+    Either way a resume finds A: by its readers row (`read`), or by the reader's membership
+    interval (a `message.created`)."""
     replica = await replicas()
+    chat = uuid.UUID(await conversation(people("alice"), "group", ("bob",)))
     async with opened(replica.port, token=token("alice")) as alice:
         await alice.until(lambda f: f["type"] == "live")
         async with engine.connect() as slow:
             transaction = await slow.begin()
-            late = await record(
-                slow, tenant=TENANT, kind="read", data={"n": "late"}, audience=["alice"]
-            )
+            event = Event(kind, {"n": "late"}, ["alice"], chat)
+            if kind == "message.created":
+                event = event._replace(seq=1)  # a message the interval shows
+            (late,) = await record_all(slow, tenant=TENANT, events=[event])
+            (held,) = (
+                await slow.execute(text("SELECT (pg_current_xact_id()::text)::bigint"))
+            ).one()
             early = await write_event(engine, ["alice"], data={"n": "early"})
             (got,) = await alice.events(1)
             assert got["eventId"] == early
-            await asyncio.sleep(0.5)  # checkpoints come and go: none may pass the open one
+            # checkpoints come and go: one moves the point past A's transaction, pending
+            await alice.until(
+                lambda f: (
+                    f["type"] == "checkpoint"
+                    and held in Position.decode(f["cursor"]).pending
+                    and Position.decode(f["cursor"]).point > (held, late)
+                )
+            )
             cursors = [f["cursor"] for f in alice.frames if "cursor" in f]
             await transaction.commit()
         (got,) = await alice.events(1)

@@ -39,43 +39,83 @@ FROM (SELECT pg_current_snapshot() AS snapshot,
 event of those ended has been published — the horizon is below the oldest event whose outbox
 row is still there — so it was routed to the replicas' queues."""
 
-REPLAY = """
+# The user's events a position does not cover are those from its point `($3, $4)` on, and
+# those of its pending transactions `$5` before it; past the page's lower bound `($6, $7)`, not
+# among the ids `$8` it sent ahead, at most a page `$9` of each source, in (xid, id) order:
+# - every kind but `message.created`: the user's own `chat_event_readers` rows;
+# - `message.created`: per membership interval of the user, that conversation's messages that
+#   the interval shows (`joined_seq < seq <= left_seq`, `relaybox.common.chat.visibility`'s
+#   rule, which is who got a copy) — a current interval read in stream order from the position
+#   (`ix_chat_events_conversation_stream`), an ended one within the interval
+#   (`ix_chat_events_conversation_seq`: what the conversation wrote after the leave is never
+#   read).
+_SINCE = "({x}, {i}) >= ($3::bigint, $4::bigint)"
+_PENDING = "({x} = ANY($5::bigint[]) AND ({x}, {i}) < ($3::bigint, $4::bigint))"
+_UNSENT = "({x}, {i}) > ($6::bigint, $7::bigint) AND NOT ({i} = ANY($8::bigint[]))"
+READERS = {"x": "r.xid", "i": "r.event_id"}
+EVENTS = {"x": "e.xid", "i": "e.id"}
+
+
+def _own_rows(which: str) -> str:
+    return f"""
+    (SELECT r.xid, r.event_id AS id FROM chat_event_readers r
+     WHERE r.tenant_id = $1 AND r.user_id = $2
+       AND {which.format(**READERS)} AND {_UNSENT.format(**READERS)}
+     ORDER BY r.xid, r.event_id
+     LIMIT $9)"""  # noqa: S608 - composed of constants of the code
+
+
+def _current_messages(which: str) -> str:
+    return f"""
+    (SELECT e.xid, e.id FROM intervals m CROSS JOIN LATERAL (
+         SELECT e.xid, e.id FROM chat_events e
+         WHERE e.kind = 'message.created' AND e.conversation_id = m.conversation_id
+           AND {which.format(**EVENTS)} AND {_UNSENT.format(**EVENTS)}
+           AND e.seq - m.joined_seq > 0  -- not `e.seq > m.joined_seq`: the seq index is slower
+         ORDER BY e.xid, e.id
+         LIMIT $9) e
+     WHERE m.left_seq IS NULL
+     ORDER BY e.xid, e.id
+     LIMIT $9)"""  # noqa: S608 - composed of constants of the code
+
+
+REPLAY = f"""
 WITH snapshot AS (
     SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
            ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
 ),
+intervals AS (
+    SELECT conversation_id, joined_seq, left_seq FROM chat_members
+    WHERE tenant_id = $1 AND user_id = $2
+),
 owed AS (
-    (SELECT r.xid, r.event_id FROM chat_event_readers r
-     WHERE r.tenant_id = $1 AND r.user_id = $2
-       AND (r.xid, r.event_id) >= ($3::bigint, $4::bigint)
-       AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
-       AND NOT (r.event_id = ANY($8::bigint[]))
-     ORDER BY r.xid, r.event_id
-     LIMIT $9)
+    {_own_rows(_SINCE)}
+    UNION ALL {_own_rows(_PENDING)}
+    UNION ALL {_current_messages(_SINCE)}
+    UNION ALL {_current_messages(_PENDING)}
     UNION ALL
-    (SELECT r.xid, r.event_id FROM chat_event_readers r
-     WHERE r.tenant_id = $1 AND r.user_id = $2
-       AND r.xid = ANY($5::bigint[])
-       AND (r.xid, r.event_id) < ($3::bigint, $4::bigint)
-       AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
-       AND NOT (r.event_id = ANY($8::bigint[]))
-     ORDER BY r.xid, r.event_id
+    (SELECT e.xid, e.id FROM intervals m
+     JOIN chat_events e ON e.kind = 'message.created' AND e.conversation_id = m.conversation_id
+      AND e.seq > m.joined_seq AND e.seq <= m.left_seq
+     WHERE m.left_seq IS NOT NULL
+       AND ({_SINCE.format(**EVENTS)} OR {_PENDING.format(**EVENTS)})
+       AND {_UNSENT.format(**EVENTS)}
+     ORDER BY e.xid, e.id
      LIMIT $9)
 ),
 page AS (
     SELECT e.id, e.xid, e.kind, e.payload::text AS payload
-    FROM owed JOIN chat_events e ON e.id = owed.event_id
-    ORDER BY owed.xid, owed.event_id
+    FROM owed JOIN chat_events e ON e.id = owed.id
+    ORDER BY owed.xid, owed.id
     LIMIT $9
 )
 SELECT snapshot.xmax, snapshot.xip, page.id, page.xid, page.kind, page.payload
 FROM snapshot LEFT JOIN page ON true
 ORDER BY page.xid, page.id
-"""
+"""  # noqa: S608 - composed of constants of the code
 """One page of the events a position does not cover that the user may see, in (xid, id)
-order — those from its point on, and those of its pending transactions — read from the user's
-own `chat_event_readers` rows; with the page's snapshot (xmax and the transactions still
-running). The data comes back as JSON text, sent on as it is."""
+order, with the page's snapshot (xmax and the transactions still running). The data comes back
+as JSON text, sent on as it is."""
 
 SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
 SWEPT_CACHE_S = 1.0
