@@ -49,25 +49,36 @@ row is still there — so it was routed to the replicas' queues."""
 #   (`ix_chat_events_conversation_stream`), an ended one within the interval
 #   (`ix_chat_events_conversation_seq`: what the conversation wrote after the leave is never
 #   read).
+# A pending transaction's events are looked up by its xid (`unnest($5)`), never by filtering
+# everything before the point: with none pending (the usual case) those sources read nothing.
 _SINCE = "({x}, {i}) >= ($3::bigint, $4::bigint)"
-_PENDING = "({x} = ANY($5::bigint[]) AND ({x}, {i}) < ($3::bigint, $4::bigint))"
+_BEFORE = "({x}, {i}) < ($3::bigint, $4::bigint)"
 _UNSENT = "({x}, {i}) > ($6::bigint, $7::bigint) AND NOT ({i} = ANY($8::bigint[]))"
+_PENDING_XIDS = "unnest($5::bigint[]) AS p(xid)"
 READERS = {"x": "r.xid", "i": "r.event_id"}
 EVENTS = {"x": "e.xid", "i": "e.id"}
 
 
-def _own_rows(which: str) -> str:
+def _own_rows(*, pending: bool) -> str:
+    if pending:
+        rows, which = f"{_PENDING_XIDS} JOIN chat_event_readers r ON r.xid = p.xid", _BEFORE
+    else:
+        rows, which = "chat_event_readers r", _SINCE
     return f"""
-    (SELECT r.xid, r.event_id AS id FROM chat_event_readers r
+    (SELECT r.xid, r.event_id AS id FROM {rows}
      WHERE r.tenant_id = $1 AND r.user_id = $2
        AND {which.format(**READERS)} AND {_UNSENT.format(**READERS)}
      ORDER BY r.xid, r.event_id
      LIMIT $9)"""  # noqa: S608 - composed of constants of the code
 
 
-def _current_messages(which: str) -> str:
+def _current_messages(*, pending: bool) -> str:
+    if pending:
+        rows, which = f"intervals m CROSS JOIN {_PENDING_XIDS}", f"e.xid = p.xid AND {_BEFORE}"
+    else:
+        rows, which = "intervals m", _SINCE
     return f"""
-    (SELECT e.xid, e.id FROM intervals m CROSS JOIN LATERAL (
+    (SELECT e.xid, e.id FROM {rows} CROSS JOIN LATERAL (
          SELECT e.xid, e.id FROM chat_events e
          WHERE e.kind = 'message.created' AND e.conversation_id = m.conversation_id
            AND {which.format(**EVENTS)} AND {_UNSENT.format(**EVENTS)}
@@ -89,16 +100,16 @@ intervals AS (
     WHERE tenant_id = $1 AND user_id = $2
 ),
 owed AS (
-    {_own_rows(_SINCE)}
-    UNION ALL {_own_rows(_PENDING)}
-    UNION ALL {_current_messages(_SINCE)}
-    UNION ALL {_current_messages(_PENDING)}
+    {_own_rows(pending=False)}
+    UNION ALL {_own_rows(pending=True)}
+    UNION ALL {_current_messages(pending=False)}
+    UNION ALL {_current_messages(pending=True)}
     UNION ALL
     (SELECT e.xid, e.id FROM intervals m
      JOIN chat_events e ON e.kind = 'message.created' AND e.conversation_id = m.conversation_id
       AND e.seq > m.joined_seq AND e.seq <= m.left_seq
      WHERE m.left_seq IS NOT NULL
-       AND ({_SINCE.format(**EVENTS)} OR {_PENDING.format(**EVENTS)})
+       AND ({_SINCE.format(**EVENTS)} OR e.xid = ANY($5::bigint[]))
        AND {_UNSENT.format(**EVENTS)}
      ORDER BY e.xid, e.id
      LIMIT $9)
@@ -116,6 +127,13 @@ ORDER BY page.xid, page.id
 """One page of the events a position does not cover that the user may see, in (xid, id)
 order, with the page's snapshot (xmax and the transactions still running). The data comes back
 as JSON text, sent on as it is."""
+
+PLAN_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+"""The pool's statements are planned once per connection, not per call. Their plans do not
+depend on the values (index lookups by key; the replay's sources each stop at a page), and
+planning the replay costs several times what running it costs for a socket's usual resume (a
+few events after a cursor seconds old): PostgreSQL's default plans the first five calls for their
+values and keeps doing so whenever the generic plan's estimate looks costlier."""
 
 SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
 SWEPT_CACHE_S = 1.0
