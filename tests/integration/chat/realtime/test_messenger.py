@@ -130,8 +130,8 @@ async def test_a_kicked_member_stops_receiving_the_conversation_at_once(
 async def test_a_resume_replays_the_messages_of_the_users_membership_intervals_only(
     replicas: Replicas, people: People, token: Any
 ) -> None:
-    """A message's readers are the members whose interval shows it (no per-reader rows): a
-    resume from before the join, across a kick and a re-add, gets those and no other."""
+    """A resume from before a join, across a kick and a re-add, gets the messages posted while
+    the user was a member, and no other."""
     replica = await replicas()
     alice = people("alice")
     chat = await conversation(alice, "group", ("bob",))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import json
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -14,12 +15,13 @@ from websockets.exceptions import ConnectionClosed
 
 from relaybox.api.auth import USER_SCOPES, issue_token
 from relaybox.api.settings import ApiSettings
-from relaybox.common.chat.events import Event, record_all
+from relaybox.common.chat.events import record
+from relaybox.common.db.session import asyncpg_dsn
 from relaybox.publisher.relay import Relay
 from relaybox.realtime.cursor import Position
-from tests.integration.chat.conftest import TENANT, People
+from relaybox.realtime.store import PLAN_SETTINGS, REPLAY
+from tests.integration.chat.conftest import TENANT
 from tests.integration.chat.realtime.conftest import Replicas, opened, write_event
-from tests.integration.chat.support import conversation
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -112,31 +114,27 @@ async def test_a_cursor_taken_mid_stream_resumes_exactly_after_it(
             assert again.event_ids == ids[k + 1 :], k
 
 
-@pytest.mark.parametrize("kind", ["read", "message.created"])
 async def test_a_late_commit_is_not_skipped_by_a_resuming_reader(
-    replicas: Replicas, engine: AsyncEngine, token: Any, people: People, kind: str
+    replicas: Replicas, engine: AsyncEngine, token: Any
 ) -> None:
     """Event A's transaction starts first and commits last: a reader that saw B (and took a
-    checkpoint meanwhile) still gets A — live, and on a resume from any cursor it was given.
-    Either way a resume finds A: by its readers row (`read`), or by the reader's membership
-    interval (a `message.created`)."""
+    checkpoint meanwhile) still gets A — live, and on a resume from any cursor it was given."""
     replica = await replicas()
-    chat = uuid.UUID(await conversation(people("alice"), "group", ("bob",)))
     async with opened(replica.port, token=token("alice")) as alice:
         await alice.until(lambda f: f["type"] == "live")
         async with engine.connect() as slow:
             transaction = await slow.begin()
-            event = Event(kind, {"n": "late"}, ["alice"], chat)
-            if kind == "message.created":
-                event = event._replace(seq=1)  # a message the interval shows
-            (late,) = await record_all(slow, tenant=TENANT, events=[event])
+            late = await record(
+                slow, tenant=TENANT, kind="read", data={"n": "late"}, audience=["alice"]
+            )
             (held,) = (
                 await slow.execute(text("SELECT (pg_current_xact_id()::text)::bigint"))
             ).one()
             early = await write_event(engine, ["alice"], data={"n": "early"})
             (got,) = await alice.events(1)
             assert got["eventId"] == early
-            # checkpoints come and go: one moves the point past A's transaction, pending
+            # checkpoints come and go: one moves the point past A's transaction, still pending,
+            # so a resume from it finds A only among the pending transactions' events
             await alice.until(
                 lambda f: (
                     f["type"] == "checkpoint"
@@ -265,6 +263,54 @@ async def test_a_long_transaction_elsewhere_does_not_grow_the_cursors(
         assert position.sent == {}
         assert len(checkpoint["cursor"]) < 500
         await transaction.rollback()
+
+
+def _rows_read(plan: dict[str, Any], relation: str) -> int:
+    """Rows a plan node of `relation` (and its children's) produced or filtered out, all loops."""
+    own = 0
+    if plan.get("Relation Name") == relation:
+        own = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * plan["Actual Loops"]
+    return own + sum(_rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+async def test_a_replay_reads_the_rows_after_the_cursor_never_the_history_before_it(
+    engine: AsyncEngine,
+) -> None:
+    """However long a user's history in the retention, a replay page reads their rows from the
+    cursor's point on and, by xid, those of its pending transactions — as the replica's pool
+    plans it (a generic plan). A filter over the rows before the point read all 5,000."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id) "
+                "SELECT :t, 'historian', g, -g FROM generate_series(1, 5000) g"
+            ),
+            {"t": TENANT},
+        )
+    new = [await write_event(engine, ["historian"]) for _ in range(3)]
+    async with engine.connect() as conn:
+        first_xid = await conn.scalar(
+            text("SELECT xid FROM chat_events WHERE id = :id"), {"id": new[0]}
+        )
+        await conn.execute(text("ANALYZE chat_event_readers"))
+    dsn = asyncpg_dsn(engine.url.render_as_string(hide_password=False))
+    db = await asyncpg.connect(dsn, server_settings=PLAN_SETTINGS)
+    try:
+        await db.execute(
+            "PREPARE replay(text, text, bigint, bigint, bigint[], bigint, bigint, bigint[], int) "
+            f"AS {REPLAY}"
+        )
+        for pending in ("{}", "{2500}"):  # none pending; an old transaction pending: one probe
+            execute = (
+                f"EXECUTE replay('{TENANT}', 'historian', {first_xid}, 0, '{pending}', 0, 0, "
+                "'{}', 500)"
+            )
+            assert [r["id"] for r in await db.fetch(execute)] == new
+            explained = json.loads(await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {execute}"))
+            assert "$1" in json.dumps(explained), "a generic plan"
+            assert _rows_read(explained[0]["Plan"], "chat_event_readers") <= 4
+    finally:
+        await db.close()
 
 
 async def test_a_lost_broker_connection_closes_the_sockets_with_1012_and_they_resume(

@@ -39,101 +39,58 @@ FROM (SELECT pg_current_snapshot() AS snapshot,
 event of those ended has been published — the horizon is below the oldest event whose outbox
 row is still there — so it was routed to the replicas' queues."""
 
-# The user's events a position does not cover are those from its point `($3, $4)` on, and
-# those of its pending transactions `$5` before it; past the page's lower bound `($6, $7)`, not
-# among the ids `$8` it sent ahead, at most a page `$9` of each source, in (xid, id) order:
-# - every kind but `message.created`: the user's own `chat_event_readers` rows;
-# - `message.created`: per membership interval of the user, that conversation's messages that
-#   the interval shows (`joined_seq < seq <= left_seq`, `relaybox.common.chat.visibility`'s
-#   rule, which is who got a copy) — a current interval read in stream order from the position
-#   (`ix_chat_events_conversation_stream`), an ended one within the interval
-#   (`ix_chat_events_conversation_seq`: what the conversation wrote after the leave is never
-#   read).
-# A pending transaction's events are looked up by its xid (`unnest($5)`), never by filtering
-# everything before the point: with none pending (the usual case) those sources read nothing.
-_SINCE = "({x}, {i}) >= ($3::bigint, $4::bigint)"
-_BEFORE = "({x}, {i}) < ($3::bigint, $4::bigint)"
-_UNSENT = "({x}, {i}) > ($6::bigint, $7::bigint) AND NOT ({i} = ANY($8::bigint[]))"
-_PENDING_XIDS = "unnest($5::bigint[]) AS p(xid)"
-READERS = {"x": "r.xid", "i": "r.event_id"}
-EVENTS = {"x": "e.xid", "i": "e.id"}
-
-
-def _own_rows(*, pending: bool) -> str:
-    if pending:
-        rows, which = f"{_PENDING_XIDS} JOIN chat_event_readers r ON r.xid = p.xid", _BEFORE
-    else:
-        rows, which = "chat_event_readers r", _SINCE
-    return f"""
-    (SELECT r.xid, r.event_id AS id FROM {rows}
-     WHERE r.tenant_id = $1 AND r.user_id = $2
-       AND {which.format(**READERS)} AND {_UNSENT.format(**READERS)}
-     ORDER BY r.xid, r.event_id
-     LIMIT $9)"""  # noqa: S608 - composed of constants of the code
-
-
-def _current_messages(*, pending: bool) -> str:
-    if pending:
-        rows, which = f"intervals m CROSS JOIN {_PENDING_XIDS}", f"e.xid = p.xid AND {_BEFORE}"
-    else:
-        rows, which = "intervals m", _SINCE
-    return f"""
-    (SELECT e.xid, e.id FROM {rows} CROSS JOIN LATERAL (
-         SELECT e.xid, e.id FROM chat_events e
-         WHERE e.kind = 'message.created' AND e.conversation_id = m.conversation_id
-           AND {which.format(**EVENTS)} AND {_UNSENT.format(**EVENTS)}
-           AND e.seq - m.joined_seq > 0  -- not `e.seq > m.joined_seq`: the seq index is slower
-         ORDER BY e.xid, e.id
-         LIMIT $9) e
-     WHERE m.left_seq IS NULL
-     ORDER BY e.xid, e.id
-     LIMIT $9)"""  # noqa: S608 - composed of constants of the code
-
-
-REPLAY = f"""
+REPLAY = """
 WITH snapshot AS (
     SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint AS xmax,
            ARRAY(SELECT (x::text)::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS xip
 ),
-intervals AS (
-    SELECT conversation_id, joined_seq, left_seq FROM chat_members
-    WHERE tenant_id = $1 AND user_id = $2
-),
 owed AS (
-    {_own_rows(pending=False)}
-    UNION ALL {_own_rows(pending=True)}
-    UNION ALL {_current_messages(pending=False)}
-    UNION ALL {_current_messages(pending=True)}
+    (SELECT r.xid, r.event_id FROM chat_event_readers r
+     WHERE r.tenant_id = $1 AND r.user_id = $2
+       AND (r.xid, r.event_id) >= ($3::bigint, $4::bigint)
+       AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
+       AND NOT (r.event_id = ANY($8::bigint[]))
+     ORDER BY r.xid, r.event_id
+     LIMIT $9)
     UNION ALL
-    (SELECT e.xid, e.id FROM intervals m
-     JOIN chat_events e ON e.kind = 'message.created' AND e.conversation_id = m.conversation_id
-      AND e.seq > m.joined_seq AND e.seq <= m.left_seq
-     WHERE m.left_seq IS NOT NULL
-       AND ({_SINCE.format(**EVENTS)} OR e.xid = ANY($5::bigint[]))
-       AND {_UNSENT.format(**EVENTS)}
-     ORDER BY e.xid, e.id
+    (SELECT r.xid, r.event_id
+     FROM unnest($5::bigint[]) AS pending(xid) CROSS JOIN LATERAL (
+         SELECT r.xid, r.event_id FROM chat_event_readers r
+         WHERE r.tenant_id = $1 AND r.user_id = $2 AND r.xid = pending.xid
+           AND (r.xid, r.event_id) < ($3::bigint, $4::bigint)
+           AND (r.xid, r.event_id) > ($6::bigint, $7::bigint)
+           AND NOT (r.event_id = ANY($8::bigint[]))
+         ORDER BY r.xid, r.event_id
+         LIMIT $9
+     ) r
+     ORDER BY r.xid, r.event_id
      LIMIT $9)
 ),
 page AS (
     SELECT e.id, e.xid, e.kind, e.payload::text AS payload
-    FROM owed JOIN chat_events e ON e.id = owed.id
-    ORDER BY owed.xid, owed.id
+    FROM owed JOIN chat_events e ON e.id = owed.event_id
+    ORDER BY owed.xid, owed.event_id
     LIMIT $9
 )
 SELECT snapshot.xmax, snapshot.xip, page.id, page.xid, page.kind, page.payload
 FROM snapshot LEFT JOIN page ON true
 ORDER BY page.xid, page.id
-"""  # noqa: S608 - composed of constants of the code
+"""
 """One page of the events a position does not cover that the user may see, in (xid, id)
-order, with the page's snapshot (xmax and the transactions still running). The data comes back
-as JSON text, sent on as it is."""
+order — those from its point on, and those of its pending transactions — read from the user's
+own `chat_event_readers` rows; with the page's snapshot (xmax and the transactions still
+running). The data comes back as JSON text, sent on as it is.
+
+A pending transaction's rows are looked up by its xid (`unnest`), a primary-key probe each: a
+filter `xid = ANY(pending)` over the rows before the point read every event the user had
+since the retention's start, on every page of every resume, to find none in the usual case
+(nothing pending)."""
 
 PLAN_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
-"""The pool's statements are planned once per connection, not per call. Their plans do not
-depend on the values (index lookups by key; the replay's sources each stop at a page), and
-planning the replay costs several times what running it costs for a socket's usual resume (a
-few events after a cursor seconds old): PostgreSQL's default plans the first five calls for their
-values and keeps doing so whenever the generic plan's estimate looks costlier."""
+"""The replica's pool plans each statement once per connection, not per call: their plans do
+not depend on the values (key lookups, and the replay's range scans that stop at a page), and
+PostgreSQL's default re-plans a statement for its values whenever the generic plan's estimate
+looks costlier — planning the replay cost more than running it for a usual resume."""
 
 SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
 SWEPT_CACHE_S = 1.0

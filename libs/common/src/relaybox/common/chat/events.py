@@ -7,14 +7,11 @@ one row per `fanout_batch` users of its audience, whose routing keys ride in the
 (RabbitMQ's sender-selected distribution: every replica bound to one of the keys gets one copy;
 the broker strips `BCC` before delivery, so the users are repeated in the body's `to`).
 
-Who sees an event is decided here, once, under the lock of the change (the live route is the
-same list):
-- `message.created`: the sender and the recipients of the message's copies, which are the
-  members whose interval shows the message's `seq` (`relaybox.common.chat.visibility`). The
-  event row keeps its `seq` and no list (a post to a channel may have thousands of readers); a
-  resume reads it through the user's membership intervals;
-- any other kind: the users listed in `audience`, each also written as one `chat_event_readers`
-  row (the index a resume reads).
+Who sees an event is decided here, once, under the lock of the change, and written as one
+`chat_event_readers` row per user (the index a resume reads):
+- `message.created`: the sender and the recipients of the message's copies (the event row's
+  `audience` stays NULL: the copies record them, and may be thousands);
+- any other kind: the users listed in `audience`.
 """
 
 from __future__ import annotations
@@ -76,7 +73,6 @@ class Event(NamedTuple):
     audience: Sequence[str]
     conversation_id: uuid.UUID | None = None
     message_id: uuid.UUID | None = None
-    seq: int | None = None  # the message's, for `message.created` (and only for it)
 
 
 # Events, their readers, the outbox rows that carry them (one per batch of users) and the
@@ -86,23 +82,22 @@ class Event(NamedTuple):
 _RECORD_SQL = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::text::jsonb) AS e(
-        n int, kind text, conversation_id uuid, message_id uuid, seq bigint, audience text[],
-        data jsonb, batches jsonb)
+        n int, kind text, conversation_id uuid, message_id uuid, audience text[], data jsonb,
+        users text[], batches jsonb)
 ), ids AS MATERIALIZED (
     SELECT n, nextval(pg_get_serial_sequence('chat_events', 'id')) AS id
     FROM (SELECT n FROM input ORDER BY n) ordered
 ), xact AS (
     SELECT (pg_current_xact_id()::text)::bigint AS xid
 ), event AS (
-    INSERT INTO chat_events (id, tenant_id, kind, conversation_id, message_id, seq, audience,
-                             payload)
+    INSERT INTO chat_events (id, tenant_id, kind, conversation_id, message_id, audience, payload)
     OVERRIDING SYSTEM VALUE
-    SELECT ids.id, $1::text, kind, conversation_id, message_id, seq, audience, data
+    SELECT ids.id, $1::text, kind, conversation_id, message_id, audience, data
     FROM input JOIN ids USING (n)
 ), readers AS (
     INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id)
     SELECT $1::text, reader, xact.xid, ids.id
-    FROM input JOIN ids USING (n), xact, unnest(input.audience) AS reader
+    FROM input JOIN ids USING (n), xact, unnest(input.users) AS reader
 ), carriers AS (
     INSERT INTO outbox (message_id, destination, routing_key, payload, headers, xid)
     SELECT gen_random_uuid(), $3::text, $4::text,
@@ -140,9 +135,9 @@ async def record_all(
                 "kind": event.kind,
                 "conversation_id": event.conversation_id,
                 "message_id": event.message_id,
-                "seq": event.seq,
                 "audience": None if event.kind == MESSAGE_CREATED else users,
                 "data": event.data,
+                "users": users,
                 "batches": [
                     {"to": batch, "BCC": [user_route(tenant, user) for user in batch]}
                     for batch in _batches(users, fanout_batch)

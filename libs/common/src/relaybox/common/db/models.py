@@ -540,9 +540,8 @@ CURRENT_XID = sql_text("(pg_current_xact_id()::text)::bigint")
 
 class ChatEvent(Base):
     """A change connected clients must see, written in the transaction that makes it; `xid` is
-    that transaction's id. Who sees it: `audience`, or for `message.created` (audience NULL,
-    `seq` its message's) the members whose interval shows `seq` — the sender and the copies'
-    recipients (`relaybox.common.chat.visibility`)."""
+    that transaction's id. Who sees it: `audience`, or for `message.created` (audience NULL) the
+    message's sender and its copies' recipients."""
 
     __tablename__ = "chat_events"
 
@@ -553,7 +552,6 @@ class ChatEvent(Base):
     conversation_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     message_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     audience: Mapped[list[str] | None] = mapped_column(ARRAY(String(255)))
-    seq: Mapped[int | None] = mapped_column(BigInteger)
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -561,31 +559,14 @@ class ChatEvent(Base):
         CheckConstraint(
             "(audience IS NULL) = (kind = 'message.created')", name="audience_or_copies"
         ),
-        CheckConstraint("(seq IS NOT NULL) = (kind = 'message.created')", name="seq_of_message"),
         Index("ix_chat_events_tenant_id_xid_id", "tenant_id", "xid", "id"),
         Index("ix_chat_events_created_at", "created_at"),
-        # a resume's message.created events, per membership interval (migration 0013)
-        Index(
-            "ix_chat_events_conversation_stream",
-            "conversation_id",
-            "xid",
-            "id",
-            postgresql_include=["seq"],
-            postgresql_where=sql_text("kind = 'message.created'"),
-        ),
-        Index(
-            "ix_chat_events_conversation_seq",
-            "conversation_id",
-            "seq",
-            postgresql_include=["xid", "id"],
-            postgresql_where=sql_text("kind = 'message.created'"),
-        ),
     )
 
 
 class ChatEventReader(Base):
-    """One user of an event's `audience` (every kind but `message.created`, whose readers are
-    the membership intervals): the index a resume reads, in stream order, for that user alone."""
+    """One user who may see an event (the audience, or for `message.created` the sender and the
+    copies' recipients): the index a resume reads, in stream order, for that user alone."""
 
     __tablename__ = "chat_event_readers"
 

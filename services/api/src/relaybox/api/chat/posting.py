@@ -252,7 +252,6 @@ async def post(
                     [client.id, *recipients],
                     conversation_id,
                     message_id,
-                    last_seq + 1,
                 ),
             ],
             fanout_batch=fanout_batch,
