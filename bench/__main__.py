@@ -24,6 +24,7 @@ from bench import (
     rate_precision,
     realtime_connections,
     realtime_latency,
+    realtime_replay,
     realtime_storm,
     relay,
     webhook_ingest,
@@ -45,6 +46,7 @@ BENCHES: dict[str, Callable[[bool], Result]] = {
     "realtime_connections": lambda quick: realtime_connections.run(quick=quick),
     "realtime_latency": lambda quick: realtime_latency.run(quick=quick),
     "realtime_storm": lambda quick: realtime_storm.run(quick=quick),
+    "realtime_replay": lambda quick: realtime_replay.run(quick=quick),
     "peers": lambda quick: peers_run.run(quick=quick),
 }
 
