@@ -19,7 +19,7 @@ from relaybox.common.chat.events import record
 from relaybox.common.db.session import asyncpg_dsn
 from relaybox.publisher.relay import Relay
 from relaybox.realtime.cursor import Position
-from relaybox.realtime.store import PLAN_SETTINGS, REPLAY
+from relaybox.realtime.store import REPLAY
 from tests.integration.chat.conftest import TENANT
 from tests.integration.chat.realtime.conftest import Replicas, opened, write_event
 
@@ -277,8 +277,9 @@ async def test_a_replay_reads_the_rows_after_the_cursor_never_the_history_before
     engine: AsyncEngine,
 ) -> None:
     """However long a user's history in the retention, a replay page reads their rows from the
-    cursor's point on and, by xid, those of its pending transactions — as the replica's pool
-    plans it (a generic plan). A filter over the rows before the point read all 5,000."""
+    cursor's point on and, by xid, those of its pending transactions — on the generic plan too,
+    which PostgreSQL may switch a prepared statement to. A filter over the rows before the point
+    read all 5,000 there."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -294,7 +295,8 @@ async def test_a_replay_reads_the_rows_after_the_cursor_never_the_history_before
         )
         await conn.execute(text("ANALYZE chat_event_readers"))
     dsn = asyncpg_dsn(engine.url.render_as_string(hide_password=False))
-    db = await asyncpg.connect(dsn, server_settings=PLAN_SETTINGS)
+    # the generic plan PostgreSQL switches a prepared statement to once it looks no costlier
+    db = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
     try:
         await db.execute(
             "PREPARE replay(text, text, bigint, bigint, bigint[], bigint, bigint, bigint[], int) "

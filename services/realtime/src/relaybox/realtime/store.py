@@ -86,12 +86,6 @@ filter `xid = ANY(pending)` over the rows before the point read every event the 
 since the retention's start, on every page of every resume, to find none in the usual case
 (nothing pending)."""
 
-PLAN_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
-"""The replica's pool plans each statement once per connection, not per call: their plans do
-not depend on the values (key lookups, and the replay's range scans that stop at a page), and
-PostgreSQL's default re-plans a statement for its values whenever the generic plan's estimate
-looks costlier — planning the replay cost more than running it for a usual resume."""
-
 SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
 SWEPT_CACHE_S = 1.0
 
