@@ -9,7 +9,7 @@ retention), read on every page of every resume otherwise.
 One database, migrated to head. Two users of one organisation: `veteran`, with `--history`
 events (default 50,000; quick 5,000) before the cursor's point, and `newcomer`, with none; then
 the same three events for each after the point. Each replay is the replica's own call
-(`Store.replay_page`, on an asyncpg pool as the replica's), from the same point, with no
+(`Store.replay_page`, on an asyncpg pool with the replica's settings), from the same point, with no
 transaction pending (the usual case); the two users take turns, a block of calls each, on one
 connection. Measured: that backend's CPU per replay (/proc) and the wall time per call.
 Baseline: `newcomer`, the same page without the history; target: the history costs nothing
@@ -80,7 +80,11 @@ async def measure(url: str, history: int, calls: int) -> dict[str, Tally]:
         point = await _seed(conn, history)
     finally:
         await conn.close()
-    pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=1, max_size=1)
+    # the replica's pool settings (an older tree has none: PostgreSQL's default)
+    settings = getattr(realtime_store, "PLAN_SETTINGS", {})
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=1, max_size=1, server_settings=settings
+    )
     engine = create_engine(DatabaseSettings(url=url, pool_size=1, max_overflow=0))  # acks only
     try:
         store = realtime_store.Store(engine, pool)

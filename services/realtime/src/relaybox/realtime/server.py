@@ -32,7 +32,7 @@ from relaybox.realtime.acks import AckWriter
 from relaybox.realtime.connection import RESTART, Connection
 from relaybox.realtime.hub import Hub
 from relaybox.realtime.settings import RealtimeSettings
-from relaybox.realtime.store import Store
+from relaybox.realtime.store import PLAN_SETTINGS, Store
 from relaybox.realtime.stream import Streams
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class Replica:
             min_size=1,
             max_size=database.pool_size + database.max_overflow,
             max_inactive_connection_lifetime=60,
+            server_settings=PLAN_SETTINGS,
         )
         self.store = Store(self.engine, self.pool)
         self.hub = Hub(

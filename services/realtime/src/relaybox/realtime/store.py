@@ -67,8 +67,10 @@ owed AS (
      LIMIT $9)
 ),
 page AS (
-    SELECT e.id, e.xid, e.kind, e.payload::text AS payload
-    FROM owed JOIN chat_events e ON e.id = owed.event_id
+    SELECT owed.event_id AS id, owed.xid, e.kind, e.payload::text AS payload
+    FROM owed CROSS JOIN LATERAL (
+        SELECT kind, payload FROM chat_events WHERE id = owed.event_id OFFSET 0
+    ) e
     ORDER BY owed.xid, owed.event_id
     LIMIT $9
 )
@@ -84,7 +86,15 @@ running). The data comes back as JSON text, sent on as it is.
 A pending transaction's rows are looked up by its xid (`unnest`), a primary-key probe each: a
 filter `xid = ANY(pending)` over the rows before the point read every event the user had
 since the retention's start, on every page of every resume, to find none in the usual case
-(nothing pending)."""
+(nothing pending). Each event of the page is fetched by its key (a `LATERAL` the planner cannot
+turn into a hash join over the whole table when it expects many rows)."""
+
+PLAN_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+"""The replica's pool plans each call for its values and the tables' current statistics. A
+connection outlives the table sizes a cached generic plan was made for (PostgreSQL switches a
+prepared statement to one after five calls when it looks no costlier): in `bench.realtime_storm`,
+on tables that grow from empty, the replay's generic plan cost PostgreSQL 8.6-8.9 s of CPU
+against 6.7-7.2 s planned per call. Planning the replay costs ~0.5 ms a page, as it always did."""
 
 SWEPT = "SELECT swept_xid FROM chat_stream_state WHERE id = 1"
 SWEPT_CACHE_S = 1.0
