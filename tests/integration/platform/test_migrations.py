@@ -69,3 +69,40 @@ async def test_deleting_a_mailing_deletes_its_recipients_and_errors(engine: Asyn
             for table in ("mailing_recipients", "mailing_errors")
         }
     assert left == {"mailing_recipients": {kept}, "mailing_errors": {kept}}
+
+
+async def test_deleting_a_message_or_its_conversation_deletes_its_copies(
+    engine: AsyncEngine,
+) -> None:
+    """What ON DELETE CASCADE did before migration 0013 dropped the copies' foreign key."""
+    conversations = [uuid.uuid4(), uuid.uuid4()]
+    messages = {conversation: [uuid.uuid4(), uuid.uuid4()] for conversation in conversations}
+    async with engine.begin() as conn:
+        for conversation, ids in messages.items():
+            await conn.execute(
+                text(
+                    "INSERT INTO chat_conversations (id, tenant_id, kind, title, created_by)"
+                    " VALUES (:c, 't', 'group', 'g', 'ann')"
+                ),
+                {"c": conversation},
+            )
+            for seq, message in enumerate(ids, start=1):
+                await conn.execute(
+                    text(
+                        "WITH m AS (INSERT INTO chat_messages (id, conversation_id, tenant_id,"
+                        " seq, sender_id, text) VALUES (:m, :c, 't', :s, 'ann', 'hi')"
+                        " RETURNING id, seq)"
+                        " INSERT INTO chat_recipients (message_id, user_id, conversation_id, seq)"
+                        " SELECT m.id, u, :c, m.seq FROM m, unnest(ARRAY['bob', 'cy']) u"
+                    ),
+                    {"m": message, "c": conversation, "s": seq},
+                )
+        (kept, gone), (_, _) = messages[conversations[0]], messages[conversations[1]]
+        await conn.execute(text("DELETE FROM chat_messages WHERE id = :m"), {"m": gone})
+        await conn.execute(
+            text("DELETE FROM chat_conversations WHERE id = :c"), {"c": conversations[1]}
+        )
+        left = (
+            await conn.execute(text("SELECT DISTINCT message_id FROM chat_recipients"))
+        ).scalars()
+    assert set(left) == {kept}

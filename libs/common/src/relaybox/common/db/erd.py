@@ -48,6 +48,12 @@ class Reference:
 REFERENCES_WITHOUT_FK = (
     Reference(
         "chat_recipients",
+        "message_id",
+        "chat_messages.id",
+        "inserted with the message; a trigger deletes them with it (migration 0013)",
+    ),
+    Reference(
+        "chat_recipients",
         "conversation_id",
         "chat_conversations.id",
         "copied from the message: reads by (user, conversation, seq)",

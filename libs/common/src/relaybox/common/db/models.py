@@ -430,9 +430,9 @@ class ChatRecipient(Base):
 
     __tablename__ = "chat_recipients"
 
-    message_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("chat_messages.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key (migration 0013): the chat post inserts the copies in the statement that
+    # inserts their message, and a trigger on `chat_messages` deletes them with it.
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     conversation_id: Mapped[uuid.UUID] = mapped_column(UUID)
     seq: Mapped[int] = mapped_column(BigInteger)  # the message's, for "read up to seq"
