@@ -21,7 +21,9 @@ Every other check, and every other status of these operations, still counts.
 It also drops a "schema-violating request accepted" (negative_data_rejection) failure whose only
 negated part is the body when that body, as sent, is valid against the operation's schema:
 schemathesis's generator negates one branch of an `anyOf`/`not` and takes the result as invalid
-though another branch accepts it (the API accepting a valid body is right).
+though another branch accepts it, and it takes an array in a multipart form for a wrong type
+though the form sends it as that field repeated (an empty array: no field at all) — the API
+accepting a valid body is right.
 
 `map_body` turns half of the generated mailing files into small CSV lists of addresses (the rest
 stay as generated, binary included), so the fuzzer also reaches what lies past the file check
@@ -115,8 +117,23 @@ def _dropped(reason: str, case: Case[Any], response: Response) -> bool:
     return False
 
 
+def _as_sent(media_type: str, body: Any) -> Any:
+    """The body as the API receives it. A multipart form has no arrays: a list is the same field
+    sent once per item, so an empty list sends no field at all and a one-item list one plain
+    value; a file part (`Binary`) is a string of bytes (JSON Schema's `format: binary`)."""
+    if not media_type.startswith("multipart/") or not isinstance(body, dict):
+        return body
+    sent: dict[str, Any] = {}
+    for name, value in body.items():
+        parts = value if isinstance(value, list) else [value]
+        parts = ["<bytes>" if isinstance(part, Binary) else part for part in parts]
+        if parts:
+            sent[name] = parts[0] if len(parts) == 1 else parts
+    return sent
+
+
 def valid_body_taken_for_invalid(case: Case[Any]) -> bool:
-    """The case's only negated part is its body, and that body is valid after all."""
+    """The case's only negated part is its body, and that body, as sent, is valid after all."""
     meta = case.meta
     if meta is None or case.media_type is None:
         return False
@@ -127,7 +144,8 @@ def valid_body_taken_for_invalid(case: Case[Any]) -> bool:
     if alternative is None:
         return False
     validator_cls = case.operation.schema.adapter.jsonschema_validator_cls
-    return bool(make_validator(alternative.optimized_schema, validator_cls).is_valid(case.body))
+    validator = make_validator(alternative.optimized_schema, validator_cls)
+    return bool(validator.is_valid(_as_sent(case.media_type, case.body)))
 
 
 @schemathesis.hook
