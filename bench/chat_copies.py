@@ -38,8 +38,8 @@ RECIPIENTS = 99  # a 100-member group, as bench.realtime_latency posts to
 BLOCK = 50  # messages per turn of one table
 TARGET_CPU_RATIO = 0.85  # schema's CPU per message ÷ full pages'
 TARGET_KEY_RATIO = 0.85  # schema's insert (message and copies) ÷ the same with the foreign key
-TABLES = {"schema": None, "full_pages": 100, "foreign_key": None}  # name → fillfactor (None:
-# chat_recipients' own)
+# name → fillfactor (None: chat_recipients' own)
+TABLES = {"schema": None, "full_pages": 100, "foreign_key": None}
 STEPS = ("insert", "sent", "delivered", "read")
 
 INSERT = """

@@ -38,7 +38,7 @@ BLOCK = 50  # calls per turn of one user
 TARGET_RATIO = 2.0
 PAGE = 500  # the replica's default page (RELAYBOX_REALTIME__REPLAY_PAGE)
 
-HISTORY = """
+READ_EVENTS = """
 WITH e AS (
     INSERT INTO chat_events (tenant_id, kind, audience, payload)
     SELECT $1, 'read', ARRAY[$2::text], jsonb_build_object('n', g)
@@ -48,6 +48,7 @@ WITH e AS (
 INSERT INTO chat_event_readers (tenant_id, user_id, xid, event_id)
 SELECT $1, $2, xid, id FROM e
 """
+"""`$3` `read` events for user `$2`, each with its readers row, in one transaction."""
 POINT = "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint"
 
 
@@ -65,11 +66,11 @@ async def _seed(conn: asyncpg.Connection, history: int) -> int:
     """`history` events of the veteran's before the point (1,000 per transaction, as they come
     over a week), then AFTER events each; returns the point's xid."""
     for start in range(0, history, 1000):
-        await conn.execute(HISTORY, TENANT, "veteran", min(1000, history - start))
+        await conn.execute(READ_EVENTS, TENANT, "veteran", min(1000, history - start))
     point: int = await conn.fetchval(POINT)
     for _ in range(AFTER):
         for user in USERS:
-            await conn.execute(HISTORY, TENANT, user, 1)
+            await conn.execute(READ_EVENTS, TENANT, user, 1)
     await conn.execute("VACUUM ANALYZE chat_events, chat_event_readers")
     return point
 
